@@ -1,0 +1,192 @@
+#ifndef PFP_DETAIL_POSIX_HPP
+#define PFP_DETAIL_POSIX_HPP
+
+// Thin, EINTR-safe wrappers over the POSIX calls pfp makes, and the text it derives from them.
+
+#include <pfp/error.hpp>
+
+#include <cerrno>
+#include <csignal>
+#include <cstddef>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <string>
+#include <typeinfo>
+#include <utility>
+
+#include <cxxabi.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+namespace pfp {
+namespace detail {
+
+inline std::string errno_text(int err) { return std::string(std::strerror(err)) + " (errno " + std::to_string(err) + ")"; }
+
+[[noreturn]] inline void throw_errno(const std::string& what, int err = errno) {
+  throw error("pfp: " + what + " failed: " + errno_text(err));
+}
+
+/// Owns one file descriptor; closes it once.
+class UniqueFd {
+ public:
+  UniqueFd() noexcept = default;
+  explicit UniqueFd(int fd) noexcept : fd_(fd) {}
+  UniqueFd(UniqueFd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  UniqueFd& operator=(UniqueFd&& o) noexcept {
+    if (this != &o) {
+      reset();
+      fd_ = std::exchange(o.fd_, -1);
+    }
+    return *this;
+  }
+  UniqueFd(const UniqueFd&) = delete;
+  UniqueFd& operator=(const UniqueFd&) = delete;
+  ~UniqueFd() { reset(); }
+
+  int get() const noexcept { return fd_; }
+  explicit operator bool() const noexcept { return fd_ >= 0; }
+  void reset() noexcept {
+    // close() is not retried on EINTR: on Linux the descriptor is released either way.
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+struct Pipe {
+  UniqueFd read;
+  UniqueFd write;
+};
+
+/// A close-on-exec pipe. Throws pfp::error when the system is out of descriptors.
+inline Pipe make_pipe() {
+  int fds[2];
+#if defined(__linux__)
+  if (::pipe2(fds, O_CLOEXEC) != 0) throw_errno("pipe2");
+#else
+  if (::pipe(fds) != 0) throw_errno("pipe");
+  ::fcntl(fds[0], F_SETFD, FD_CLOEXEC);
+  ::fcntl(fds[1], F_SETFD, FD_CLOEXEC);
+#endif
+  return Pipe{UniqueFd(fds[0]), UniqueFd(fds[1])};
+}
+
+inline void set_nonblocking(int fd) {
+  int flags = ::fcntl(fd, F_GETFL);
+  if (flags < 0 || ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) throw_errno("fcntl(O_NONBLOCK)");
+}
+
+/// Writes all n bytes, retrying on EINTR and short writes. Returns false with errno set on failure.
+inline bool write_all(int fd, const void* data, std::size_t n) noexcept {
+  const char* p = static_cast<const char*>(data);
+  while (n > 0) {
+    ssize_t w = ::write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    p += w;
+    n -= static_cast<std::size_t>(w);
+  }
+  return true;
+}
+
+/// Reads up to n bytes, retrying on EINTR. Returns what read() returns.
+inline ssize_t read_some(int fd, void* data, std::size_t n) noexcept {
+  for (;;) {
+    ssize_t r = ::read(fd, data, n);
+    if (r < 0 && errno == EINTR) continue;
+    return r;
+  }
+}
+
+/// waitpid() retried on EINTR.
+inline pid_t wait_pid(pid_t pid, int* status, int flags) noexcept {
+  for (;;) {
+    pid_t r = ::waitpid(pid, status, flags);
+    if (r < 0 && errno == EINTR) continue;
+    return r;
+  }
+}
+
+/// "SIGSEGV", "SIGKILL", ... or "signal N" for one without a portable name.
+inline std::string signal_name(int sig) {
+  switch (sig) {
+    case SIGHUP: return "SIGHUP";
+    case SIGINT: return "SIGINT";
+    case SIGQUIT: return "SIGQUIT";
+    case SIGILL: return "SIGILL";
+    case SIGTRAP: return "SIGTRAP";
+    case SIGABRT: return "SIGABRT";
+    case SIGBUS: return "SIGBUS";
+    case SIGFPE: return "SIGFPE";
+    case SIGKILL: return "SIGKILL";
+    case SIGUSR1: return "SIGUSR1";
+    case SIGSEGV: return "SIGSEGV";
+    case SIGUSR2: return "SIGUSR2";
+    case SIGPIPE: return "SIGPIPE";
+    case SIGALRM: return "SIGALRM";
+    case SIGTERM: return "SIGTERM";
+    case SIGCHLD: return "SIGCHLD";
+    case SIGCONT: return "SIGCONT";
+    case SIGSTOP: return "SIGSTOP";
+    case SIGTSTP: return "SIGTSTP";
+    case SIGTTIN: return "SIGTTIN";
+    case SIGTTOU: return "SIGTTOU";
+    case SIGURG: return "SIGURG";
+    case SIGXCPU: return "SIGXCPU";
+    case SIGXFSZ: return "SIGXFSZ";
+    case SIGVTALRM: return "SIGVTALRM";
+    case SIGPROF: return "SIGPROF";
+    case SIGSYS: return "SIGSYS";
+    default: return "signal " + std::to_string(sig);
+  }
+}
+
+/// What a wait status means, in the words a Result's error uses.
+inline std::string describe_wait_status(int status) {
+  if (WIFSIGNALED(status)) {
+    int sig = WTERMSIG(status);
+    const char* text = ::strsignal(sig);
+    return "killed by signal " + signal_name(sig) + (text ? std::string(" (") + text + ")" : std::string());
+  }
+  if (WIFEXITED(status)) return "exit code " + std::to_string(WEXITSTATUS(status));
+  return "stopped with wait status " + std::to_string(status);
+}
+
+inline std::string demangle(const char* name) {
+  int rc = 0;
+  std::unique_ptr<char, void (*)(void*)> out(abi::__cxa_demangle(name, nullptr, nullptr, &rc), std::free);
+  return rc == 0 && out ? std::string(out.get()) : std::string(name);
+}
+
+/// The type and message of the exception being handled, e.g. "std::runtime_error: boom".
+/// Call only inside a catch block.
+inline std::string describe_current_exception() {
+  std::type_info* type = abi::__cxa_current_exception_type();
+  std::string name = type ? demangle(type->name()) : std::string("unknown exception");
+  try {
+    throw;
+  } catch (const std::exception& e) {
+    return name + ": " + e.what();
+  } catch (const std::string& s) {
+    return "std::string: " + s;
+  } catch (const char* s) {
+    return std::string("const char*: ") + (s ? s : "(null)");
+  } catch (...) {
+    return name + " (not derived from std::exception)";
+  }
+}
+
+}  // namespace detail
+}  // namespace pfp
+
+#endif  // PFP_DETAIL_POSIX_HPP

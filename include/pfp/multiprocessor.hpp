@@ -1,0 +1,132 @@
+#ifndef PFP_MULTIPROCESSOR_HPP
+#define PFP_MULTIPROCESSOR_HPP
+
+#include <pfp/error.hpp>
+#include <pfp/options.hpp>
+#include <pfp/pool.hpp>
+#include <pfp/result.hpp>
+#include <pfp/value.hpp>
+
+#include <cstddef>
+#include <functional>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace pfp {
+
+namespace detail {
+
+inline void validate(const Options& o) {
+  if (o.timeout.count() < 0)
+    throw error("pfp::Options::timeout is negative (" + std::to_string(o.timeout.count()) + " ms); use 0 for no limit");
+  if (o.max_result_bytes == 0) throw error("pfp::Options::max_result_bytes is 0; every result would be refused");
+}
+
+}  // namespace detail
+
+/// Runs registered functions in parallel worker processes and collects one Result per function.
+///
+/// Workers are forked by execute_parallel(), so they inherit the functions, the context and the
+/// arguments as they are at that moment: none of them is ever serialized, and any copyable type
+/// works. Only results travel back, as pfp::Value. A MultiProcessor is not thread-safe: use one
+/// from one thread at a time.
+template <class Context = Value>
+class MultiProcessor {
+ public:
+  /// Throws pfp::error if options are invalid (a negative timeout, a zero result limit).
+  explicit MultiProcessor(Context context = Context{}, Options options = Options{})
+      : context_(std::move(context)), options_(options) {
+    detail::validate(options_);
+  }
+
+  /// Registers f under name with its own args. f is one of
+  ///   void f(const Context&, const A&, pfp::Result&)  -- fills r.result (name and index are set)
+  ///   R    f(const Context&, const A&)               -- the returned R becomes r.result
+  /// where A is any copyable type (pfp::Args by default) and R converts to pfp::Value.
+  /// The same function may be registered several times. Returns *this for chaining.
+  template <class F, class A = Args>
+  MultiProcessor& register_function(std::string name, F f, A args = A{}) {
+    using Fn = std::decay_t<F>;
+    using Arg = std::decay_t<A>;
+    constexpr bool fills_result = std::is_invocable_v<Fn&, const Context&, const Arg&, Result&>;
+    constexpr bool returns_value = std::is_invocable_v<Fn&, const Context&, const Arg&>;
+    static_assert(fills_result || returns_value,
+                  "pfp::MultiProcessor::register_function: f must be callable as "
+                  "void f(const Context&, const A&, pfp::Result&) or R f(const Context&, const A&), "
+                  "where Context is the MultiProcessor's context type and A the type of args");
+    if constexpr (fills_result) {
+      tasks_.push_back(Task{std::move(name), [f = Fn(std::move(f)), a = Arg(std::move(args))](
+                                                 const Context& ctx, Result& r) mutable { f(ctx, a, r); }});
+    } else {
+      using R = std::invoke_result_t<Fn&, const Context&, const Arg&>;
+      static_assert(std::is_void_v<R> || std::is_constructible_v<Value, R>,
+                    "pfp::MultiProcessor::register_function: the function's return type cannot be converted to "
+                    "pfp::Value; define void to_value(pfp::Value&, const T&) in the type's namespace");
+      tasks_.push_back(Task{std::move(name), [f = Fn(std::move(f)), a = Arg(std::move(args))](
+                                                 const Context& ctx, Result& r) mutable {
+                              if constexpr (std::is_void_v<R>) {
+                                f(ctx, a);
+                              } else {
+                                r.result = Value(f(ctx, a));
+                              }
+                            }});
+    }
+    return *this;
+  }
+
+  /// Runs every registered function in worker processes and returns one Result per registration,
+  /// in registration order, whatever the functions do (return, throw, crash, exit, hang, print).
+  /// May be called again; each call runs everything anew. When it returns, every worker has been
+  /// reaped and every pipe closed.
+  /// Throws pfp::error only if no worker process can be started at all (or if called while a
+  /// run of this object is already in progress).
+  const std::vector<Result>& execute_parallel() {
+    if (running_) throw error("pfp::MultiProcessor::execute_parallel: a run of this object is already in progress");
+    running_ = true;
+    struct Reset {
+      bool& flag;
+      ~Reset() { flag = false; }
+    } reset{running_};
+
+    std::vector<Result> fresh(tasks_.size());
+    for (std::size_t i = 0; i < tasks_.size(); ++i) {
+      fresh[i].function_name = tasks_[i].name;
+      fresh[i].index = i;
+    }
+    detail::TaskRunner runner = [this](std::size_t i, Result& r) {
+      if (i >= tasks_.size()) throw error("pfp: worker was sent function index " + std::to_string(i) + " of " + std::to_string(tasks_.size()));
+      r.function_name = tasks_[i].name;
+      r.index = i;
+      tasks_[i].run(context_, r);
+    };
+    detail::Pool pool(runner, options_, fresh);
+    pool.run();
+    results_ = std::move(fresh);
+    return results_;
+  }
+
+  /// The Results of the last run (empty before the first).
+  const std::vector<Result>& results() const noexcept { return results_; }
+  const Context& context() const noexcept { return context_; }
+  const Options& options() const noexcept { return options_; }
+  /// Number of registered functions.
+  std::size_t size() const noexcept { return tasks_.size(); }
+
+ private:
+  struct Task {
+    std::string name;
+    std::function<void(const Context&, Result&)> run;
+  };
+
+  Context context_;
+  Options options_;
+  std::vector<Task> tasks_;
+  std::vector<Result> results_;
+  bool running_ = false;
+};
+
+}  // namespace pfp
+
+#endif  // PFP_MULTIPROCESSOR_HPP

@@ -1,0 +1,18 @@
+#ifndef PFP_PFP_HPP
+#define PFP_PFP_HPP
+
+// pfp: run functions in parallel worker processes. A crash, a hang or a leak in one function
+// costs that function's Result and nothing else.
+
+#include <pfp/error.hpp>
+#include <pfp/multiprocessor.hpp>
+#include <pfp/options.hpp>
+#include <pfp/result.hpp>
+#include <pfp/serialization.hpp>
+#include <pfp/value.hpp>
+
+#define PFP_VERSION_MAJOR 0
+#define PFP_VERSION_MINOR 1
+#define PFP_VERSION_PATCH 0
+
+#endif  // PFP_PFP_HPP

@@ -1,0 +1,290 @@
+#ifndef PFP_SERIALIZATION_HPP
+#define PFP_SERIALIZATION_HPP
+
+// Compact binary encoding of pfp::Value, used to carry results from workers to the parent.
+// Strings and byte blobs are copied in one piece; arrays whose elements are all integers or
+// all doubles are written as packed 8-byte arrays. Byte order is the host's: the encoding is
+// meant for processes on one machine, not for storage.
+
+#include <pfp/error.hpp>
+#include <pfp/value.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <string_view>
+
+namespace pfp {
+namespace detail {
+
+enum class Tag : std::uint8_t {
+  null = 0,
+  false_ = 1,
+  true_ = 2,
+  integer = 3,
+  floating = 4,
+  string = 5,
+  bytes = 6,
+  array = 7,
+  object = 8,
+  packed_integers = 9,
+  packed_doubles = 10,
+};
+
+/// Nesting deeper than this is refused by the decoder, so hostile input cannot exhaust the stack.
+inline constexpr std::size_t max_decode_depth = 2000;
+
+inline std::size_t varint_size(std::uint64_t v) noexcept {
+  std::size_t n = 1;
+  while (v >= 0x80) {
+    v >>= 7;
+    ++n;
+  }
+  return n;
+}
+
+inline std::uint64_t zigzag(std::int64_t v) noexcept {
+  return (static_cast<std::uint64_t>(v) << 1) ^ static_cast<std::uint64_t>(v >> 63);
+}
+inline std::int64_t unzigzag(std::uint64_t v) noexcept {
+  return static_cast<std::int64_t>(v >> 1) ^ -static_cast<std::int64_t>(v & 1);
+}
+
+// Which packed form an array can take, if any.
+inline Tag array_tag(const Value::Array& arr) noexcept {
+  if (arr.size() < 2) return Tag::array;
+  Value::Type t = arr.front().type();
+  if (t != Value::Type::integer && t != Value::Type::floating) return Tag::array;
+  for (const Value& e : arr)
+    if (e.type() != t) return Tag::array;
+  return t == Value::Type::integer ? Tag::packed_integers : Tag::packed_doubles;
+}
+
+inline std::size_t encoded_size(const Value& v) {
+  switch (v.type()) {
+    case Value::Type::null:
+    case Value::Type::boolean: return 1;
+    case Value::Type::integer: return 1 + varint_size(zigzag(v.as<std::int64_t>()));
+    case Value::Type::floating: return 1 + 8;
+    case Value::Type::string:
+    case Value::Type::bytes: return 1 + varint_size(v.str().size()) + v.str().size();
+    case Value::Type::array: {
+      const auto& arr = v.elements();
+      std::size_t n = 1 + varint_size(arr.size());
+      if (array_tag(arr) != Tag::array) return n + 8 * arr.size();
+      for (const Value& e : arr) n += encoded_size(e);
+      return n;
+    }
+    case Value::Type::object: {
+      const auto& obj = v.items();
+      std::size_t n = 1 + varint_size(obj.size());
+      for (const auto& [k, e] : obj) n += varint_size(k.size()) + k.size() + encoded_size(e);
+      return n;
+    }
+  }
+  return 0;
+}
+
+class Writer {
+ public:
+  explicit Writer(char* out) noexcept : p_(out) {}
+  char* position() const noexcept { return p_; }
+
+  void byte(std::uint8_t b) noexcept { *p_++ = static_cast<char>(b); }
+  void varint(std::uint64_t v) noexcept {
+    while (v >= 0x80) {
+      byte(static_cast<std::uint8_t>(v | 0x80));
+      v >>= 7;
+    }
+    byte(static_cast<std::uint8_t>(v));
+  }
+  void raw(const void* data, std::size_t n) noexcept {
+    if (n) std::memcpy(p_, data, n);
+    p_ += n;
+  }
+  void text(std::string_view s) noexcept {
+    varint(s.size());
+    raw(s.data(), s.size());
+  }
+
+  void value(const Value& v) {
+    switch (v.type()) {
+      case Value::Type::null: byte(static_cast<std::uint8_t>(Tag::null)); break;
+      case Value::Type::boolean: byte(static_cast<std::uint8_t>(v.as<bool>() ? Tag::true_ : Tag::false_)); break;
+      case Value::Type::integer:
+        byte(static_cast<std::uint8_t>(Tag::integer));
+        varint(zigzag(v.as<std::int64_t>()));
+        break;
+      case Value::Type::floating: {
+        byte(static_cast<std::uint8_t>(Tag::floating));
+        double d = v.as<double>();
+        raw(&d, 8);
+        break;
+      }
+      case Value::Type::string:
+      case Value::Type::bytes:
+        byte(static_cast<std::uint8_t>(v.is_string() ? Tag::string : Tag::bytes));
+        text(v.str());
+        break;
+      case Value::Type::array: {
+        const auto& arr = v.elements();
+        Tag tag = array_tag(arr);
+        byte(static_cast<std::uint8_t>(tag));
+        varint(arr.size());
+        if (tag == Tag::packed_integers) {
+          for (const Value& e : arr) {
+            std::int64_t i = e.as<std::int64_t>();
+            raw(&i, 8);
+          }
+        } else if (tag == Tag::packed_doubles) {
+          for (const Value& e : arr) {
+            double d = e.as<double>();
+            raw(&d, 8);
+          }
+        } else {
+          for (const Value& e : arr) value(e);
+        }
+        break;
+      }
+      case Value::Type::object: {
+        const auto& obj = v.items();
+        byte(static_cast<std::uint8_t>(Tag::object));
+        varint(obj.size());
+        for (const auto& [k, e] : obj) {
+          text(k);
+          value(e);
+        }
+        break;
+      }
+    }
+  }
+
+ private:
+  char* p_;
+};
+
+/// Bounds-checked reader: every length is checked against the bytes that remain before anything
+/// is allocated, so a hostile or truncated buffer ends in pfp::error, never an overread.
+class Reader {
+ public:
+  explicit Reader(std::string_view in) noexcept : p_(in.data()), end_(in.data() + in.size()) {}
+  std::size_t remaining() const noexcept { return static_cast<std::size_t>(end_ - p_); }
+
+  [[noreturn]] static void fail(const std::string& why) { throw error("pfp: malformed encoded data: " + why); }
+
+  std::uint8_t byte() {
+    if (p_ == end_) fail("unexpected end of input");
+    return static_cast<std::uint8_t>(*p_++);
+  }
+  std::uint64_t varint() {
+    std::uint64_t v = 0;
+    for (unsigned shift = 0; shift < 64; shift += 7) {
+      std::uint8_t b = byte();
+      if (shift == 63 && b > 1) fail("varint overflows 64 bits");
+      v |= static_cast<std::uint64_t>(b & 0x7F) << shift;
+      if (!(b & 0x80)) return v;
+    }
+    fail("varint longer than 10 bytes");
+  }
+  const char* take(std::uint64_t n) {
+    if (n > remaining()) fail("a length of " + std::to_string(n) + " exceeds the " + std::to_string(remaining()) + " bytes left");
+    const char* p = p_;
+    p_ += n;
+    return p;
+  }
+  std::string_view text() {
+    std::uint64_t n = varint();
+    const char* p = take(n);
+    return {p, static_cast<std::size_t>(n)};
+  }
+  // A count of items that each need at least min_bytes.
+  std::size_t count(std::size_t min_bytes) {
+    std::uint64_t n = varint();
+    if (n > remaining() / min_bytes)
+      fail("a count of " + std::to_string(n) + " items cannot fit in the " + std::to_string(remaining()) + " bytes left");
+    return static_cast<std::size_t>(n);
+  }
+
+  Value value(std::size_t depth = 0) {
+    if (depth > max_decode_depth) fail("nesting deeper than " + std::to_string(max_decode_depth) + " levels");
+    std::uint8_t tag = byte();
+    switch (static_cast<Tag>(tag)) {
+      case Tag::null: return Value();
+      case Tag::false_: return Value(false);
+      case Tag::true_: return Value(true);
+      case Tag::integer: return Value(unzigzag(varint()));
+      case Tag::floating: {
+        double d;
+        std::memcpy(&d, take(8), 8);
+        return Value(d);
+      }
+      case Tag::string: return Value(std::string(text()));
+      case Tag::bytes: return Value::bytes(text());
+      case Tag::array: {
+        std::size_t n = count(1);
+        Value::Array arr;
+        arr.reserve(n);
+        for (std::size_t i = 0; i < n; ++i) arr.push_back(value(depth + 1));
+        return Value(std::move(arr));
+      }
+      case Tag::packed_integers:
+      case Tag::packed_doubles: {
+        std::size_t n = count(8);
+        const char* p = take(n * 8);
+        Value::Array arr;
+        arr.reserve(n);
+        for (std::size_t i = 0; i < n; ++i, p += 8) {
+          if (static_cast<Tag>(tag) == Tag::packed_integers) {
+            std::int64_t x;
+            std::memcpy(&x, p, 8);
+            arr.emplace_back(x);
+          } else {
+            double x;
+            std::memcpy(&x, p, 8);
+            arr.emplace_back(x);
+          }
+        }
+        return Value(std::move(arr));
+      }
+      case Tag::object: {
+        std::size_t n = count(2);
+        Value::Object obj;
+        for (std::size_t i = 0; i < n; ++i) {
+          std::string key(text());
+          Value v = value(depth + 1);
+          obj.insert_or_assign(std::move(key), std::move(v));
+        }
+        return Value(std::move(obj));
+      }
+    }
+    fail("unknown tag " + std::to_string(tag));
+  }
+
+ private:
+  const char* p_;
+  const char* end_;
+};
+
+}  // namespace detail
+
+/// Encodes v in pfp's compact binary form (host byte order). Never throws but std::bad_alloc.
+inline std::string encode(const Value& v) {
+  std::string out(detail::encoded_size(v), '\0');
+  detail::Writer w(out.data());
+  w.value(v);
+  return out;
+}
+
+/// Decodes what encode() produced. The whole input must be one value.
+/// Throws pfp::error on truncated, oversized, deeply nested or otherwise malformed input.
+inline Value decode(std::string_view in) {
+  detail::Reader r(in);
+  Value v = r.value();
+  if (r.remaining() != 0) detail::Reader::fail(std::to_string(r.remaining()) + " trailing bytes after the value");
+  return v;
+}
+
+}  // namespace pfp
+
+#endif  // PFP_SERIALIZATION_HPP

@@ -1,0 +1,542 @@
+#ifndef PFP_VALUE_HPP
+#define PFP_VALUE_HPP
+
+// pfp::Value: the JSON-like dynamic value that carries results (and, by default, context and
+// arguments). User types convert through ADL to_value/from_value, as in nlohmann/json.
+
+#include <pfp/error.hpp>
+
+#include <charconv>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <limits>
+#include <map>
+#include <optional>
+#include <ostream>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <unordered_map>
+#include <utility>
+#include <variant>
+#include <vector>
+
+namespace pfp {
+
+class Value;
+
+namespace detail {
+
+template <class>
+inline constexpr bool dependent_false = false;
+
+template <class T>
+struct is_vector : std::false_type {};
+template <class T, class A>
+struct is_vector<std::vector<T, A>> : std::true_type {};
+
+template <class T>
+struct is_string_map : std::false_type {};
+template <class T, class C, class A>
+struct is_string_map<std::map<std::string, T, C, A>> : std::true_type {};
+template <class T, class H, class E, class A>
+struct is_string_map<std::unordered_map<std::string, T, H, E, A>> : std::true_type {};
+
+template <class T>
+struct is_optional : std::false_type {};
+template <class T>
+struct is_optional<std::optional<T>> : std::true_type {};
+
+template <class T>
+struct is_pair : std::false_type {};
+template <class A, class B>
+struct is_pair<std::pair<A, B>> : std::true_type {};
+
+// Found by argument-dependent lookup in the user type's namespace.
+template <class T, class = void>
+struct has_to_value : std::false_type {};
+template <class T>
+struct has_to_value<T, std::void_t<decltype(to_value(std::declval<Value&>(), std::declval<const T&>()))>>
+    : std::true_type {};
+
+template <class T, class = void>
+struct has_from_value : std::false_type {};
+template <class T>
+struct has_from_value<T, std::void_t<decltype(from_value(std::declval<const Value&>(), std::declval<T&>()))>>
+    : std::true_type {};
+
+template <class T>
+inline constexpr bool is_integer_v = std::is_integral_v<T> && !std::is_same_v<T, bool>;
+
+inline void append_json_string(std::string& out, std::string_view s);
+inline void append_base64(std::string& out, std::string_view raw);
+inline void append_json_double(std::string& out, double d);
+
+}  // namespace detail
+
+/// A JSON-like dynamic value: null, bool, integer (int64), floating (double), string, bytes,
+/// array or object (string keys, iterated in sorted order).
+/// Conversions that cannot succeed throw pfp::error with a message naming both types.
+class Value {
+ public:
+  enum class Type : std::uint8_t { null, boolean, integer, floating, string, bytes, array, object };
+  using Array = std::vector<Value>;
+  using Object = std::map<std::string, Value, std::less<>>;
+
+  /// null
+  Value() noexcept = default;
+  Value(std::nullptr_t) noexcept {}
+
+  template <class T, std::enable_if_t<std::is_same_v<T, bool>, int> = 0>
+  Value(T b) noexcept : data_(b) {}
+
+  /// Any integer type. Throws pfp::error for an unsigned value above INT64_MAX.
+  template <class T, std::enable_if_t<detail::is_integer_v<T>, int> = 0>
+  Value(T i) : data_(checked_int64(i)) {}
+
+  template <class T, std::enable_if_t<std::is_floating_point_v<T>, int> = 0>
+  Value(T d) noexcept : data_(static_cast<double>(d)) {}
+
+  /// Text. Throws pfp::error for a null pointer.
+  Value(const char* s) : data_(std::string(s ? s : throw error("pfp::Value: constructed from a null const char*"))) {}
+  Value(std::string s) noexcept : data_(std::move(s)) {}
+  Value(std::string_view s) : data_(std::string(s)) {}
+
+  Value(Array a) noexcept : data_(std::move(a)) {}
+  Value(Object o) noexcept : data_(std::move(o)) {}
+
+  /// An array; each element converts to Value.
+  template <class T, class A>
+  Value(const std::vector<T, A>& v) : data_(Array{}) {
+    static_assert(std::is_convertible_v<const T&, Value>,
+                  "pfp::Value: the vector's element type cannot be converted to pfp::Value; define "
+                  "void to_value(pfp::Value&, const T&) in the element type's namespace");
+    auto& arr = std::get<Array>(data_);
+    arr.reserve(v.size());
+    for (const auto& e : v) arr.emplace_back(static_cast<const T&>(e));
+  }
+
+  /// An object; each mapped value converts to Value.
+  template <class T, class C, class A>
+  Value(const std::map<std::string, T, C, A>& m) : data_(Object{}) {
+    assign_map(m);
+  }
+  template <class T, class H, class E, class A>
+  Value(const std::unordered_map<std::string, T, H, E, A>& m) : data_(Object{}) {
+    assign_map(m);
+  }
+
+  /// nullopt becomes null.
+  template <class T>
+  Value(const std::optional<T>& o) : Value() {
+    if (o) *this = Value(*o);
+  }
+
+  /// A two-element array.
+  template <class A, class B>
+  Value(const std::pair<A, B>& p) : data_(Array{Value(p.first), Value(p.second)}) {}
+
+  /// An object: Value{{"k", 1}, {"j", "x"}}.
+  Value(std::initializer_list<std::pair<const std::string, Value>> init) : data_(Object(init.begin(), init.end())) {}
+
+  /// A user type with `void to_value(pfp::Value&, const T&)` in its namespace.
+  template <class T, std::enable_if_t<detail::has_to_value<T>::value && !std::is_same_v<T, Value>, int> = 0>
+  Value(const T& t) : Value() {
+    to_value(*this, t);
+  }
+
+  static Value object() { return Value(Object{}); }
+  static Value array() { return Value(Array{}); }
+  static Value array(std::initializer_list<Value> elements) { return Value(Array(elements)); }
+  /// A byte blob (not text); to_json prints it as a base64 string.
+  static Value bytes(std::string_view raw) {
+    Value v;
+    v.data_ = Bytes{std::string(raw)};
+    return v;
+  }
+  static Value bytes(std::string&& raw) noexcept {
+    Value v;
+    v.data_ = Bytes{std::move(raw)};
+    return v;
+  }
+
+  Type type() const noexcept { return static_cast<Type>(data_.index()); }
+  bool is_null() const noexcept { return type() == Type::null; }
+  bool is_bool() const noexcept { return type() == Type::boolean; }
+  bool is_integer() const noexcept { return type() == Type::integer; }
+  bool is_floating() const noexcept { return type() == Type::floating; }
+  bool is_number() const noexcept { return is_integer() || is_floating(); }
+  bool is_string() const noexcept { return type() == Type::string; }
+  bool is_bytes() const noexcept { return type() == Type::bytes; }
+  bool is_array() const noexcept { return type() == Type::array; }
+  bool is_object() const noexcept { return type() == Type::object; }
+
+  static std::string_view type_name(Type t) noexcept {
+    switch (t) {
+      case Type::null: return "null";
+      case Type::boolean: return "bool";
+      case Type::integer: return "integer";
+      case Type::floating: return "floating";
+      case Type::string: return "string";
+      case Type::bytes: return "bytes";
+      case Type::array: return "array";
+      case Type::object: return "object";
+    }
+    return "unknown";
+  }
+
+  /// Converts to T: bool, any integer (range-checked), float/double (integers too), std::string
+  /// (string or bytes), std::vector, std::map/unordered_map with string keys, std::optional,
+  /// std::pair, Value, and user types with `from_value(const pfp::Value&, T&)` in their namespace.
+  /// Throws pfp::error when the value does not match or an integer is out of T's range.
+  template <class T>
+  T as() const {
+    using U = std::remove_cv_t<T>;
+    if constexpr (std::is_same_v<U, Value>) {
+      return *this;
+    } else if constexpr (std::is_same_v<U, bool>) {
+      if (!is_bool()) throw mismatch("bool");
+      return std::get<bool>(data_);
+    } else if constexpr (detail::is_integer_v<U>) {
+      if (!is_integer()) throw mismatch("integer");
+      return range_checked<U>(std::get<std::int64_t>(data_));
+    } else if constexpr (std::is_floating_point_v<U>) {
+      if (is_integer()) return static_cast<U>(std::get<std::int64_t>(data_));
+      if (!is_floating()) throw mismatch("floating");
+      return static_cast<U>(std::get<double>(data_));
+    } else if constexpr (std::is_same_v<U, std::string>) {
+      return str();
+    } else if constexpr (detail::is_vector<U>::value) {
+      const Array& arr = elements_or_throw("std::vector");
+      U out;
+      out.reserve(arr.size());
+      for (std::size_t i = 0; i < arr.size(); ++i) out.push_back(element_as<typename U::value_type>(arr[i], i));
+      return out;
+    } else if constexpr (detail::is_string_map<U>::value) {
+      if (!is_object()) throw mismatch("object");
+      U out;
+      for (const auto& [k, v] : std::get<Object>(data_)) {
+        try {
+          out.emplace(k, v.template as<typename U::mapped_type>());
+        } catch (const error& e) {
+          throw error("pfp::Value: at key \"" + k + "\": " + e.what());
+        }
+      }
+      return out;
+    } else if constexpr (detail::is_optional<U>::value) {
+      if (is_null()) return U{};
+      return U{as<typename U::value_type>()};
+    } else if constexpr (detail::is_pair<U>::value) {
+      const Array& arr = elements_or_throw("std::pair");
+      if (arr.size() != 2) throw error("pfp::Value: a std::pair needs an array of 2 elements, found " + std::to_string(arr.size()));
+      return U{element_as<typename U::first_type>(arr[0], 0), element_as<typename U::second_type>(arr[1], 1)};
+    } else if constexpr (detail::has_from_value<U>::value) {
+      static_assert(std::is_default_constructible_v<U>,
+                    "pfp::Value::as<T>: T must be default-constructible to be filled by from_value");
+      U out{};
+      from_value(*this, out);
+      return out;
+    } else {
+      static_assert(detail::dependent_false<U>,
+                    "pfp::Value::as<T>: T cannot be converted from pfp::Value; define "
+                    "void from_value(const pfp::Value&, T&) in T's namespace");
+    }
+  }
+
+  /// The text of a string or the payload of a bytes value. Throws pfp::error otherwise.
+  const std::string& str() const {
+    if (auto* s = std::get_if<std::string>(&data_)) return *s;
+    if (auto* b = std::get_if<Bytes>(&data_)) return b->data;
+    throw mismatch("string");
+  }
+
+  bool contains(std::string_view key) const { return find(key) != nullptr; }
+
+  /// The member named key, or nullptr when absent or not an object.
+  const Value* find(std::string_view key) const {
+    auto* obj = std::get_if<Object>(&data_);
+    if (!obj) return nullptr;
+    auto it = obj->find(key);
+    return it == obj->end() ? nullptr : &it->second;
+  }
+
+  /// Object access: turns null into an object and inserts null for a new key.
+  /// Throws pfp::error on any other type.
+  Value& operator[](std::string_view key) {
+    if (is_null()) data_ = Object{};
+    auto* obj = std::get_if<Object>(&data_);
+    if (!obj) throw error("pfp::Value::operator[](\"" + std::string(key) + "\"): the value is " + article_type() + ", not an object");
+    auto it = obj->find(key);
+    if (it == obj->end()) it = obj->emplace(std::string(key), Value()).first;
+    return it->second;
+  }
+  /// Array access. Throws pfp::error when not an array or out of range.
+  Value& operator[](std::size_t i) { return at(i); }
+  const Value& operator[](std::size_t i) const { return at(i); }
+
+  /// Throws pfp::error when the key is absent or the value is not an object.
+  const Value& at(std::string_view key) const {
+    if (!is_object()) throw error("pfp::Value::at(\"" + std::string(key) + "\"): the value is " + article_type() + ", not an object");
+    const Value* v = find(key);
+    if (!v) throw error("pfp::Value::at: no key \"" + std::string(key) + "\" in the object");
+    return *v;
+  }
+  Value& at(std::string_view key) { return const_cast<Value&>(static_cast<const Value&>(*this).at(key)); }
+
+  /// Throws pfp::error when not an array or i is out of range.
+  const Value& at(std::size_t i) const {
+    const Array& arr = elements_or_throw("an array element");
+    if (i >= arr.size())
+      throw error("pfp::Value::at(" + std::to_string(i) + "): index out of range for an array of " + std::to_string(arr.size()));
+    return arr[i];
+  }
+  Value& at(std::size_t i) { return const_cast<Value&>(static_cast<const Value&>(*this).at(i)); }
+
+  /// Appends to an array; turns null into an array. Throws pfp::error on any other type.
+  void push_back(Value v) {
+    if (is_null()) data_ = Array{};
+    auto* arr = std::get_if<Array>(&data_);
+    if (!arr) throw error("pfp::Value::push_back: the value is " + article_type() + ", not an array");
+    arr->push_back(std::move(v));
+  }
+
+  /// Elements of an array or members of an object; 0 for anything else.
+  std::size_t size() const noexcept {
+    if (auto* a = std::get_if<Array>(&data_)) return a->size();
+    if (auto* o = std::get_if<Object>(&data_)) return o->size();
+    return 0;
+  }
+  bool empty() const noexcept { return size() == 0; }
+
+  /// The members of an object in key order (empty for null). Throws pfp::error on other types.
+  const Object& items() const {
+    if (is_null()) return empty_object();
+    if (auto* o = std::get_if<Object>(&data_)) return *o;
+    throw error("pfp::Value::items(): the value is " + article_type() + ", not an object");
+  }
+  Object& items() {
+    if (is_null()) data_ = Object{};
+    if (auto* o = std::get_if<Object>(&data_)) return *o;
+    throw error("pfp::Value::items(): the value is " + article_type() + ", not an object");
+  }
+  /// The elements of an array (empty for null). Throws pfp::error on other types.
+  const Array& elements() const { return is_null() ? empty_array() : elements_or_throw("elements()"); }
+  Array& elements() {
+    if (is_null()) data_ = Array{};
+    return const_cast<Array&>(static_cast<const Value&>(*this).elements_or_throw("elements()"));
+  }
+
+  /// JSON text with sorted keys. indent < 0: compact, no spaces. indent >= 0: one member per line,
+  /// indented like Python's json.dumps(indent=N, sort_keys=True). Bytes print as base64 strings,
+  /// non-finite doubles as NaN / Infinity / -Infinity (as Python does).
+  std::string to_json(int indent = -1) const {
+    std::string out;
+    dump(out, indent, 0);
+    return out;
+  }
+
+  friend bool operator==(const Value& a, const Value& b) { return a.data_ == b.data_; }
+  friend bool operator!=(const Value& a, const Value& b) { return !(a == b); }
+
+  struct Bytes {
+    std::string data;
+    friend bool operator==(const Bytes& a, const Bytes& b) { return a.data == b.data; }
+  };
+
+ private:
+  std::variant<std::monostate, bool, std::int64_t, double, std::string, Bytes, Array, Object> data_;
+
+  static const Object& empty_object() {
+    static const Object o;
+    return o;
+  }
+  static const Array& empty_array() {
+    static const Array a;
+    return a;
+  }
+
+  template <class T>
+  static std::int64_t checked_int64(T i) {
+    if constexpr (std::is_unsigned_v<T> && sizeof(T) >= sizeof(std::int64_t)) {
+      if (i > static_cast<std::make_unsigned_t<std::int64_t>>(std::numeric_limits<std::int64_t>::max()))
+        throw error("pfp::Value: unsigned integer " + std::to_string(i) + " does not fit the int64 range of pfp::Value");
+    }
+    return static_cast<std::int64_t>(i);
+  }
+
+  template <class U>
+  static U range_checked(std::int64_t i) {
+    bool fits;
+    if constexpr (std::is_unsigned_v<U>) {
+      fits = i >= 0 && static_cast<std::uint64_t>(i) <= static_cast<std::uint64_t>(std::numeric_limits<U>::max());
+    } else {
+      fits = i >= static_cast<std::int64_t>(std::numeric_limits<U>::min()) &&
+             i <= static_cast<std::int64_t>(std::numeric_limits<U>::max());
+    }
+    if (!fits)
+      throw error("pfp::Value: integer " + std::to_string(i) + " is out of range for the requested type (" +
+                  std::to_string(+std::numeric_limits<U>::min()) + " to " + std::to_string(+std::numeric_limits<U>::max()) + ")");
+    return static_cast<U>(i);
+  }
+
+  template <class E>
+  static E element_as(const Value& v, std::size_t i) {
+    try {
+      return v.template as<E>();
+    } catch (const error& e) {
+      throw error("pfp::Value: at index " + std::to_string(i) + ": " + e.what());
+    }
+  }
+
+  template <class M>
+  void assign_map(const M& m) {
+    static_assert(std::is_convertible_v<const typename M::mapped_type&, Value>,
+                  "pfp::Value: the map's mapped type cannot be converted to pfp::Value; define "
+                  "void to_value(pfp::Value&, const T&) in its namespace");
+    auto& obj = std::get<Object>(data_);
+    for (const auto& [k, v] : m) obj.emplace(k, Value(v));
+  }
+
+  const Array& elements_or_throw(const char* what) const {
+    if (auto* a = std::get_if<Array>(&data_)) return *a;
+    throw error(std::string("pfp::Value: ") + what + " needs an array, but the value is " + article_type());
+  }
+
+  std::string article_type() const {
+    std::string_view n = type_name(type());
+    bool vowel = n[0] == 'a' || n[0] == 'i' || n[0] == 'o';
+    return std::string(is_null() ? "" : (vowel ? "an " : "a ")) + std::string(n);
+  }
+
+  error mismatch(const char* wanted) const {
+    return error(std::string("pfp::Value: expected ") + wanted + ", but the value is " + article_type() +
+                 (is_null() ? "" : " (" + to_json().substr(0, 60) + ")"));
+  }
+
+  static void newline(std::string& out, int indent, int depth) {
+    out += '\n';
+    out.append(static_cast<std::size_t>(indent) * static_cast<std::size_t>(depth), ' ');
+  }
+
+  void dump(std::string& out, int indent, int depth) const {
+    switch (type()) {
+      case Type::null: out += "null"; break;
+      case Type::boolean: out += std::get<bool>(data_) ? "true" : "false"; break;
+      case Type::integer: out += std::to_string(std::get<std::int64_t>(data_)); break;
+      case Type::floating: detail::append_json_double(out, std::get<double>(data_)); break;
+      case Type::string: detail::append_json_string(out, std::get<std::string>(data_)); break;
+      case Type::bytes:
+        out += '"';
+        detail::append_base64(out, std::get<Bytes>(data_).data);
+        out += '"';
+        break;
+      case Type::array: {
+        const Array& arr = std::get<Array>(data_);
+        if (arr.empty()) { out += "[]"; break; }
+        out += '[';
+        bool first = true;
+        for (const Value& e : arr) {
+          if (!first) out += ',';
+          first = false;
+          if (indent >= 0) newline(out, indent, depth + 1);
+          e.dump(out, indent, depth + 1);
+        }
+        if (indent >= 0) newline(out, indent, depth);
+        out += ']';
+        break;
+      }
+      case Type::object: {
+        const Object& obj = std::get<Object>(data_);
+        if (obj.empty()) { out += "{}"; break; }
+        out += '{';
+        bool first = true;
+        for (const auto& [k, v] : obj) {
+          if (!first) out += ',';
+          first = false;
+          if (indent >= 0) newline(out, indent, depth + 1);
+          detail::append_json_string(out, k);
+          out += indent >= 0 ? ": " : ":";
+          v.dump(out, indent, depth + 1);
+        }
+        if (indent >= 0) newline(out, indent, depth);
+        out += '}';
+        break;
+      }
+    }
+  }
+};
+
+/// Per-function arguments, in the dict style of the Python original.
+using Args = Value;
+
+/// The same text as v.to_json(4): sorted keys, 4 spaces per level.
+inline std::ostream& operator<<(std::ostream& os, const Value& v) { return os << v.to_json(4); }
+
+namespace detail {
+
+inline void append_json_string(std::string& out, std::string_view s) {
+  static constexpr char hex[] = "0123456789abcdef";
+  out += '"';
+  for (char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      case '\b': out += "\\b"; break;
+      case '\f': out += "\\f"; break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          out += "\\u00";
+          out += hex[(static_cast<unsigned char>(c) >> 4) & 0xF];
+          out += hex[static_cast<unsigned char>(c) & 0xF];
+        } else {
+          out += c;
+        }
+    }
+  }
+  out += '"';
+}
+
+inline void append_base64(std::string& out, std::string_view raw) {
+  static constexpr char table[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  std::size_t i = 0;
+  auto byte = [&](std::size_t k) { return static_cast<std::uint32_t>(static_cast<unsigned char>(raw[k])); };
+  for (; i + 2 < raw.size(); i += 3) {
+    std::uint32_t n = (byte(i) << 16) | (byte(i + 1) << 8) | byte(i + 2);
+    out += table[(n >> 18) & 63];
+    out += table[(n >> 12) & 63];
+    out += table[(n >> 6) & 63];
+    out += table[n & 63];
+  }
+  if (std::size_t rest = raw.size() - i) {
+    std::uint32_t n = byte(i) << 16;
+    if (rest == 2) n |= byte(i + 1) << 8;
+    out += table[(n >> 18) & 63];
+    out += table[(n >> 12) & 63];
+    out += rest == 2 ? table[(n >> 6) & 63] : '=';
+    out += '=';
+  }
+}
+
+// Python's repr(float): shortest round-trip digits, scientific below 1e-4 and from 1e16 on,
+// and always recognisable as a float ("3.0").
+inline void append_json_double(std::string& out, double d) {
+  if (std::isnan(d)) { out += "NaN"; return; }
+  if (std::isinf(d)) { out += d < 0 ? "-Infinity" : "Infinity"; return; }
+  char buf[64];
+  double mag = std::fabs(d);
+  bool scientific = mag != 0.0 && (mag < 1e-4 || mag >= 1e16);
+  auto res = std::to_chars(buf, buf + sizeof buf, d, scientific ? std::chars_format::scientific : std::chars_format::fixed);
+  std::string_view text(buf, static_cast<std::size_t>(res.ptr - buf));
+  out += text;
+  if (!scientific && text.find('.') == std::string_view::npos) out += ".0";
+}
+
+}  // namespace detail
+}  // namespace pfp
+
+#endif  // PFP_VALUE_HPP
