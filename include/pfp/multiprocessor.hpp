@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <functional>
+#include <memory>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -35,9 +36,10 @@ inline void validate(const Options& o) {
 template <class Context = Value>
 class MultiProcessor {
  public:
-  /// Throws pfp::error if options are invalid (a negative timeout, a zero result limit).
+  /// Throws pfp::error if options are invalid (a negative timeout, a zero result limit), or if
+  /// the process is out of file descriptors (each MultiProcessor keeps one pipe for cancel()).
   explicit MultiProcessor(Context context = Context{}, Options options = Options{})
-      : context_(std::move(context)), options_(options) {
+      : context_(std::move(context)), options_(options), cancel_(std::make_unique<detail::CancelState>()) {
     detail::validate(options_);
   }
 
@@ -101,10 +103,20 @@ class MultiProcessor {
       r.index = i;
       tasks_[i].run(context_, r);
     };
-    detail::Pool pool(runner, options_, fresh);
+    cancel_->reset();
+    detail::Pool pool(runner, options_, fresh, cancel_.get());
     pool.run();
     results_ = std::move(fresh);
     return results_;
+  }
+
+  /// Stops the run in progress: functions not yet started end as Status::cancelled, running ones
+  /// are killed (with their process groups) and end as Status::cancelled, and execute_parallel()
+  /// returns promptly. Thread-safe and async-signal-safe (an atomic store and one write()), so it
+  /// may be called from another thread or a signal handler. Without a run in progress it does
+  /// nothing: a later run is not affected.
+  void cancel() noexcept {
+    cancel_->request();
   }
 
   /// The Results of the last run (empty before the first).
@@ -124,6 +136,7 @@ class MultiProcessor {
   Options options_;
   std::vector<Task> tasks_;
   std::vector<Result> results_;
+  std::unique_ptr<detail::CancelState> cancel_;
   bool running_ = false;
 };
 

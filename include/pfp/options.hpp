@@ -6,6 +6,15 @@
 
 namespace pfp {
 
+/// What execute_parallel() does when the calling process already runs other threads. fork()
+/// copies only the calling thread: a lock another thread holds at that moment (in malloc, a
+/// logger, ...) stays locked forever in the worker.
+enum class ThreadPolicy {
+  warn,    ///< print one warning to stderr per process, then go on
+  refuse,  ///< throw pfp::error
+  allow,   ///< go on silently (you know the other threads hold no locks the functions need)
+};
+
 /// How a run is carried out. Every field has a usable default.
 struct Options {
   /// Worker processes that may exist at once; 0 = std::thread::hardware_concurrency().
@@ -19,6 +28,19 @@ struct Options {
   /// Largest serialized result accepted, in bytes. A larger one is refused on that function
   /// (Status::exception) and never allocated by the parent.
   std::size_t max_result_bytes = std::size_t{4} << 30;
+  /// Extra attempts for a function that crashed or timed out (and, with retry_exceptions, threw).
+  /// Result::attempts tells how many were made.
+  unsigned retries = 0;
+  /// Also retry functions that threw.
+  bool retry_exceptions = false;
+  /// Address-space limit of each worker in bytes (RLIMIT_AS); 0 = none. An allocation past it
+  /// fails in the function: std::bad_alloc, reported as Status::exception.
+  std::size_t memory_limit = 0;
+  /// CPU time one function may use (RLIMIT_CPU, whole seconds); 0 = none. A function past it
+  /// gets SIGXCPU and is reported as Status::crashed with a message that names the limit.
+  std::chrono::seconds cpu_limit{0};
+  /// What to do when the calling process already runs other threads.
+  ThreadPolicy threads = ThreadPolicy::warn;
 };
 
 }  // namespace pfp

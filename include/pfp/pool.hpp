@@ -25,10 +25,12 @@
 #include <thread>
 #include <vector>
 
+#include <dirent.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -49,6 +51,26 @@ inline unsigned effective_workers(const Options& o, std::size_t functions) {
 
 // ---------------------------------------------------------------- worker side
 
+inline void apply_memory_limit(const Options& opt) noexcept {
+  if (opt.memory_limit == 0) return;
+  rlimit rl{static_cast<rlim_t>(opt.memory_limit), static_cast<rlim_t>(opt.memory_limit)};
+  ::setrlimit(RLIMIT_AS, &rl);
+}
+
+// RLIMIT_CPU counts the whole process, and a worker runs many functions: before each one the soft
+// limit is moved to what the worker has used so far plus the allowance.
+inline void arm_cpu_limit(const Options& opt) noexcept {
+  if (opt.cpu_limit.count() <= 0) return;
+  rusage ru{};
+  ::getrusage(RUSAGE_SELF, &ru);
+  rlimit rl{};
+  ::getrlimit(RLIMIT_CPU, &rl);
+  rlim_t used = static_cast<rlim_t>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec);
+  rl.rlim_cur = used + static_cast<rlim_t>(opt.cpu_limit.count());
+  if (rl.rlim_max != RLIM_INFINITY && rl.rlim_cur > rl.rlim_max) rl.rlim_cur = rl.rlim_max;
+  ::setrlimit(RLIMIT_CPU, &rl);
+}
+
 // One word shared by a worker and the parent: 1 + the index of the function the worker last began.
 // A store into shared memory costs no system call, and it survives the worker's death, so the
 // parent can tell the function a dead worker was running from the ones it never started.
@@ -61,6 +83,7 @@ static_assert(StartedSlot::is_always_lock_free, "pfp needs lock-free 64-bit atom
   std::uint64_t indices[slots];
   std::size_t carried = 0;  // bytes of a partial index left from the last read
   unsigned done = 0;
+  apply_memory_limit(opt);
   for (;;) {
     char* base = reinterpret_cast<char*>(indices);
     ssize_t got = read_some(task_fd, base + carried, sizeof indices - carried);
@@ -71,11 +94,19 @@ static_assert(StartedSlot::is_always_lock_free, "pfp needs lock-free 64-bit atom
       Result r;
       r.index = static_cast<std::size_t>(indices[k]);
       started->store(indices[k] + 1, std::memory_order_release);
+      arm_cpu_limit(opt);
       auto start = Clock::now();
       try {
         run(r.index, r);
         r.status = Status::ok;
         r.error.clear();
+      } catch (const std::bad_alloc&) {
+        r.status = Status::exception;
+        r.error = describe_current_exception();
+        if (opt.memory_limit)
+          r.error += " (the worker's address space is limited to " + std::to_string(opt.memory_limit) +
+                     " bytes by Options::memory_limit)";
+        r.result = Value();
       } catch (...) {
         r.status = Status::exception;
         r.error = describe_current_exception();
@@ -111,6 +142,68 @@ static_assert(StartedSlot::is_always_lock_free, "pfp needs lock-free 64-bit atom
 }
 
 // ---------------------------------------------------------------- parent side
+
+/// The wake-up line between MultiProcessor::cancel() and the pool's poll() loop: an atomic flag
+/// and a self-pipe, so a cancel from another thread or a signal handler is seen at once.
+class CancelState {
+ public:
+  CancelState() {
+    Pipe p = make_pipe();
+    set_nonblocking(p.read.get());
+    set_nonblocking(p.write.get());
+    read_ = std::move(p.read);
+    write_ = std::move(p.write);
+  }
+  /// Async-signal-safe and thread-safe: one atomic store and one write().
+  void request() noexcept {
+    requested_.store(true, std::memory_order_release);
+    char byte = 1;
+    int saved = errno;
+    [[maybe_unused]] ssize_t ignored = ::write(write_.get(), &byte, 1);  // full pipe: a wake-up is pending anyway
+    errno = saved;
+  }
+  bool requested() const noexcept { return requested_.load(std::memory_order_acquire); }
+  int wake_fd() const noexcept { return read_.get(); }
+  /// Forgets earlier requests: a cancel applies to the run in progress only.
+  void reset() noexcept {
+    requested_.store(false, std::memory_order_release);
+    char buf[64];
+    while (read_some(read_.get(), buf, sizeof buf) > 0) {
+    }
+  }
+
+ private:
+  std::atomic<bool> requested_{false};
+  UniqueFd read_;
+  UniqueFd write_;
+};
+
+/// Threads of this process, or 0 where that cannot be told.
+inline std::size_t thread_count() noexcept {
+  DIR* dir = ::opendir("/proc/self/task");
+  if (!dir) return 0;
+  std::size_t n = 0;
+  while (dirent* e = ::readdir(dir))
+    if (e->d_name[0] != '.') ++n;
+  ::closedir(dir);
+  return n;
+}
+
+inline void check_threads(const Options& opt) {
+  if (opt.threads == ThreadPolicy::allow) return;
+  std::size_t n = thread_count();
+  if (n <= 1) return;
+  std::string msg = "pfp: execute_parallel() was called while this process runs " + std::to_string(n) +
+                    " threads. fork() copies only the calling thread, so a lock another thread holds (in malloc, a "
+                    "logger, ...) can deadlock a worker. Start the run before creating threads, or set "
+                    "Options::threads = pfp::ThreadPolicy::allow if the other threads hold no such locks.";
+  if (opt.threads == ThreadPolicy::refuse) throw error(msg);
+  static std::atomic<bool> warned{false};
+  if (!warned.exchange(true)) {
+    msg += " (warning shown once)\n";
+    [[maybe_unused]] bool ignored = write_all(STDERR_FILENO, msg.data(), msg.size());
+  }
+}
 
 // SIGPIPE is blocked in the calling thread while the pool runs, so writing to a dead worker's
 // task pipe yields EPIPE instead of killing the user's process; the pending signal is consumed.
@@ -177,8 +270,8 @@ class SigchldDefault {
 class Pool {
  public:
   /// results must hold one Result per function, with function_name and index already set.
-  Pool(const TaskRunner& run, const Options& options, std::vector<Result>& results)
-      : run_(run), options_(options), results_(results) {}
+  Pool(const TaskRunner& run, const Options& options, std::vector<Result>& results, CancelState* cancel = nullptr)
+      : run_(run), options_(options), results_(results), cancel_(cancel) {}
 
   ~Pool() {
     for (auto& w : workers_) abandon(*w);
@@ -190,6 +283,7 @@ class Pool {
   void run() {
     const std::size_t total = results_.size();
     if (total == 0) return;
+    check_threads(options_);
     SigpipeBlock sigpipe_block;
     SigchldDefault sigchld_default;
     target_workers_ = effective_workers(options_, total);
@@ -202,9 +296,17 @@ class Pool {
     std::vector<Worker*> polled;
     auto last_sweep = Clock::now();
     while (completed_ < total) {
+      if (cancel_ && cancel_->requested()) {
+        cancel_everything();
+        break;
+      }
       dispatch();
       fds.clear();
       polled.clear();
+      if (cancel_) {
+        fds.push_back(pollfd{cancel_->wake_fd(), POLLIN, 0});
+        polled.push_back(nullptr);
+      }
       for (auto& w : workers_) {
         if (!w->result_r) continue;
         fds.push_back(pollfd{w->result_r.get(), POLLIN, 0});
@@ -214,7 +316,7 @@ class Pool {
       if (rc < 0 && errno != EINTR) throw_errno("poll");
       if (rc > 0) {
         for (std::size_t k = 0; k < fds.size(); ++k)
-          if (fds[k].revents) read_from(*polled[k]);
+          if (fds[k].revents && polled[k]) read_from(*polled[k]);
       }
       auto now = Clock::now();
       enforce_timeouts(now);
@@ -251,6 +353,7 @@ class Pool {
   const TaskRunner& run_;
   const Options& options_;
   std::vector<Result>& results_;
+  CancelState* cancel_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::deque<std::size_t> pending_;
   std::size_t completed_ = 0;
@@ -433,10 +536,43 @@ class Pool {
     r.result = std::move(decoded.result);
     r.duration = decoded.duration;
     r.pid = static_cast<int>(w.pid);
-    ++completed_;
+    conclude(i);
     double ns = static_cast<double>(r.duration.count());
     mean_duration_ns_ = mean_duration_ns_ < 0 ? ns : mean_duration_ns_ * 0.875 + ns * 0.125;
     w.head_started = Clock::now();
+  }
+
+  // One attempt of function i reached a verdict: it is final unless the options ask to try again.
+  void conclude(std::size_t i) {
+    Result& r = results_[i];
+    ++r.attempts;
+    bool retryable = r.status == Status::crashed || r.status == Status::timed_out ||
+                     (r.status == Status::exception && options_.retry_exceptions);
+    if (retryable && r.attempts <= options_.retries) {
+      pending_.push_back(i);
+      return;
+    }
+    ++completed_;
+  }
+
+  // Stops the run: running functions are killed with their workers, the rest never start.
+  void cancel_everything() {
+    for (auto& w : workers_) {
+      if (w->pid <= 0) continue;
+      if (w->queue.empty()) continue;
+      drain(*w);  // results that made it are kept
+      if (w->pid <= 0 || w->queue.empty()) continue;
+      std::vector<std::size_t> waiting(w->queue.begin() + 1, w->queue.end());
+      w->queue.resize(1);
+      kill_worker(*w, Status::cancelled, "cancelled while running: the worker was killed");
+      for (std::size_t i : waiting) pending_.push_front(i);
+    }
+    for (std::size_t i : pending_) {
+      results_[i].status = Status::cancelled;
+      results_[i].error = "cancelled before it started";
+      ++completed_;
+    }
+    pending_.clear();
   }
 
   // ---- ending workers
@@ -457,10 +593,15 @@ class Pool {
     r.error = why;
     r.result = Value();
     r.pid = static_cast<int>(w.pid);
-    if (status == Status::timed_out)
+    if (status == Status::timed_out || status == Status::cancelled)
       r.duration = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - w.head_started);
-    ++completed_;
     w.queue.pop_front();
+    if (status == Status::cancelled) {
+      ++r.attempts;
+      ++completed_;
+    } else {
+      conclude(r.index);
+    }
     for (auto it = w.queue.rbegin(); it != w.queue.rend(); ++it) pending_.push_front(*it);
     w.queue.clear();
   }
@@ -500,6 +641,8 @@ class Pool {
     std::string why = wait_pid(w.pid, &status, 0) != w.pid
                           ? "ended, but its exit status was collected elsewhere (a SIGCHLD handler calling waitpid?)"
                           : (WIFSIGNALED(status) ? "was " : "exited with ") + describe_wait_status(status);
+    if (WIFSIGNALED(status) && WTERMSIG(status) == SIGXCPU && options_.cpu_limit.count() > 0)
+      why += " after using its CPU time limit of " + std::to_string(options_.cpu_limit.count()) + " s (Options::cpu_limit)";
     settle_queue(w, Status::crashed, "worker process " + std::to_string(w.pid) + " " + why + " while running the function");
     close_pipes(w);
   }

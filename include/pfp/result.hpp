@@ -45,6 +45,7 @@ struct Result {
   std::string error;                    ///< empty when ok; otherwise names the cause
   int pid = 0;                          ///< the worker process that ran it (0 if it never ran)
   std::chrono::nanoseconds duration{};  ///< how long the function itself ran, measured in the worker
+  unsigned attempts = 0;                ///< times the function was started (more than 1 after retries)
 
   bool ok() const noexcept { return status == Status::ok; }
 };
