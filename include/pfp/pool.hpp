@@ -71,6 +71,10 @@ inline void arm_cpu_limit(const Options& opt) noexcept {
   ::setrlimit(RLIMIT_CPU, &rl);
 }
 
+/// In a worker process: the descriptor its frames go to (-1 elsewhere). For fault-injection tests
+/// that must write broken frames the way a dying worker would; not for ordinary code.
+inline int worker_result_fd = -1;
+
 // One word shared by a worker and the parent: 1 + the index of the function the worker last began.
 // A store into shared memory costs no system call, and it survives the worker's death, so the
 // parent can tell the function a dead worker was running from the ones it never started.
@@ -83,6 +87,7 @@ static_assert(StartedSlot::is_always_lock_free, "pfp needs lock-free 64-bit atom
   std::uint64_t indices[slots];
   std::size_t carried = 0;  // bytes of a partial index left from the last read
   unsigned done = 0;
+  worker_result_fd = result_fd;
   apply_memory_limit(opt);
   for (;;) {
     char* base = reinterpret_cast<char*>(indices);
