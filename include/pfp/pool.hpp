@@ -19,6 +19,7 @@
 #include <cstring>
 #include <deque>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <new>
 #include <string>
@@ -469,6 +470,13 @@ class Pool {
 
   // ---- receiving results
 
+  // A frame carries a little more than its Value; saturate so "no limit" (SIZE_MAX) stays that.
+  std::size_t max_frame() const noexcept {
+    constexpr std::size_t slack = 4096;
+    return options_.max_result_bytes > std::numeric_limits<std::size_t>::max() - slack ? std::numeric_limits<std::size_t>::max()
+                                                                                     : options_.max_result_bytes + slack;
+  }
+
   void read_from(Worker& w) {
     if (!w.result_r) return;
     for (int rounds = 0; rounds < 256; ++rounds) {
@@ -502,10 +510,10 @@ class Pool {
       std::string_view view(w.buf.data() + w.consumed, w.have - w.consumed);
       std::optional<std::size_t> size;
       try {
-        size = frame_size(view, options_.max_result_bytes + 4096);
+        size = frame_size(view, max_frame());
         if (!size || view.size() < *size) break;
         if (w.queue.empty()) throw error("pfp: protocol error: a frame arrived from a worker that holds no function");
-        Result decoded = decode_result_frame(view.substr(0, *size), options_.max_result_bytes + 4096);
+        Result decoded = decode_result_frame(view.substr(0, *size), max_frame());
         const std::size_t expected = w.queue.front();
         if (decoded.index != expected)
           throw error("pfp: protocol error: a frame for function " + std::to_string(decoded.index) + " arrived while function " +

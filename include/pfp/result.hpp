@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -93,7 +94,7 @@ inline std::optional<std::size_t> frame_size(std::string_view buf, std::size_t m
   if (h.version != frame_version)
     throw error("pfp: protocol error: frame version " + std::to_string(h.version) + ", expected " + std::to_string(frame_version));
   if (h.kind != 0) throw error("pfp: protocol error: unknown frame kind " + std::to_string(h.kind));
-  if (h.payload_size > max_frame)
+  if (h.payload_size > max_frame || h.payload_size > std::numeric_limits<std::size_t>::max() - frame_header_size)
     throw error("pfp: result of " + std::to_string(h.payload_size) + " bytes exceeds the limit of " + std::to_string(max_frame) +
                 " bytes (Options::max_result_bytes)");
   return frame_header_size + static_cast<std::size_t>(h.payload_size);

@@ -87,6 +87,25 @@ class Value {
 
   /// null
   Value() noexcept = default;
+  Value(const Value&) = default;
+  Value(Value&&) noexcept = default;
+  // Assigning a value its own descendant (node = node["child"]) must work: the source is
+  // taken out of the tree before the old content is destroyed.
+  Value& operator=(const Value& other) {
+    if (this != &other) {
+      Value copy(other);
+      data_ = std::move(copy.data_);
+    }
+    return *this;
+  }
+  Value& operator=(Value&& other) noexcept {
+    if (this != &other) {
+      Value taken(std::move(other));
+      data_ = std::move(taken.data_);
+    }
+    return *this;
+  }
+  ~Value() = default;
   Value(std::nullptr_t) noexcept {}
 
   template <class T, std::enable_if_t<std::is_same_v<T, bool>, int> = 0>
@@ -156,7 +175,9 @@ class Value {
     v.data_ = Bytes{std::string(raw)};
     return v;
   }
-  static Value bytes(std::string&& raw) noexcept {
+  /// A byte blob taken over from a std::string rvalue, without a copy.
+  template <class S, std::enable_if_t<std::is_same_v<S, std::string>, int> = 0>
+  static Value bytes(S&& raw) noexcept {
     Value v;
     v.data_ = Bytes{std::move(raw)};
     return v;
@@ -316,17 +337,8 @@ class Value {
     if (auto* o = std::get_if<Object>(&data_)) return *o;
     throw error("pfp::Value::items(): the value is " + article_type() + ", not an object");
   }
-  Object& items() {
-    if (is_null()) data_ = Object{};
-    if (auto* o = std::get_if<Object>(&data_)) return *o;
-    throw error("pfp::Value::items(): the value is " + article_type() + ", not an object");
-  }
   /// The elements of an array (empty for null). Throws pfp::error on other types.
   const Array& elements() const { return is_null() ? empty_array() : elements_or_throw("elements()"); }
-  Array& elements() {
-    if (is_null()) data_ = Array{};
-    return const_cast<Array&>(static_cast<const Value&>(*this).elements_or_throw("elements()"));
-  }
 
   /// JSON text with sorted keys. indent < 0: compact, no spaces. indent >= 0: one member per line,
   /// indented like Python's json.dumps(indent=N, sort_keys=True). Bytes print as base64 strings,
