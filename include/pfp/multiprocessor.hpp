@@ -36,8 +36,7 @@ inline void validate(const Options& o) {
 template <class Context = Value>
 class MultiProcessor {
  public:
-  /// Throws pfp::error if options are invalid (a negative timeout, a zero result limit), or if
-  /// the process is out of file descriptors (each MultiProcessor keeps one pipe for cancel()).
+  /// Throws pfp::error if options are invalid (a negative timeout, a zero result limit).
   explicit MultiProcessor(Context context = Context{}, Options options = Options{})
       : context_(std::move(context)), options_(options), cancel_(std::make_unique<detail::CancelState>()) {
     detail::validate(options_);
@@ -103,7 +102,11 @@ class MultiProcessor {
       r.index = i;
       tasks_[i].run(context_, r);
     };
-    cancel_->reset();
+    cancel_->open();
+    struct CloseCancel {
+      detail::CancelState& state;
+      ~CloseCancel() { state.close(); }
+    } close_cancel{*cancel_};
     detail::Pool pool(runner, options_, fresh, cancel_.get());
     pool.run();
     results_ = std::move(fresh);

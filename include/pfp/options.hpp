@@ -36,7 +36,7 @@ struct Options {
   /// Address-space limit of each worker in bytes (RLIMIT_AS); 0 = none. An allocation past it
   /// fails in the function: std::bad_alloc, reported as Status::exception.
   std::size_t memory_limit = 0;
-  /// CPU time one function may use (RLIMIT_CPU, whole seconds); 0 = none. A function past it
+  /// CPU time one function may use (RLIMIT_CPU, whole seconds, so up to one second more); 0 = none. A function past it
   /// gets SIGXCPU and is reported as Status::crashed with a message that names the limit.
   std::chrono::seconds cpu_limit{0};
   /// What to do when the calling process already runs other threads.

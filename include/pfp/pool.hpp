@@ -2,10 +2,12 @@
 #define PFP_POOL_HPP
 
 // The engine behind execute_parallel(): a pool of forked workers, each with a private task pipe
-// (parent -> worker: 8-byte function indices) and result pipe (worker -> parent: framed
-// Results), driven by one poll() loop in the parent. The parent always knows which indices each
-// worker holds, in order, so a worker that dies or hangs costs exactly the function it was running.
+// (parent -> worker: 8-byte function indices), a result pipe and a shared-memory ring
+// (worker -> parent: framed Results, see channel.hpp), driven by one poll() loop in the parent.
+// The parent always knows which indices each worker holds, in order, and which one it began, so a
+// worker that dies or hangs costs exactly the function it was running.
 
+#include <pfp/channel.hpp>
 #include <pfp/detail/posix.hpp>
 #include <pfp/error.hpp>
 #include <pfp/options.hpp>
@@ -22,6 +24,8 @@
 #include <limits>
 #include <memory>
 #include <new>
+#include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -29,8 +33,8 @@
 #include <dirent.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
-#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -50,6 +54,9 @@ inline unsigned effective_workers(const Options& o, std::size_t functions) {
   return static_cast<unsigned>(std::min<std::size_t>(n, functions));
 }
 
+/// Most function indices one worker holds at once (4 KiB of indices: one atomic pipe write).
+inline constexpr unsigned max_pipeline_depth = 512;
+
 // ---------------------------------------------------------------- worker side
 
 inline void apply_memory_limit(const Options& opt) noexcept {
@@ -66,7 +73,10 @@ inline void arm_cpu_limit(const Options& opt) noexcept {
   ::getrusage(RUSAGE_SELF, &ru);
   rlimit rl{};
   ::getrlimit(RLIMIT_CPU, &rl);
-  rlim_t used = static_cast<rlim_t>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec);
+  // Rounded up: the kernel counts whole seconds, so a function gets at least its allowance and at
+  // most one second more.
+  long usec = static_cast<long>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
+  rlim_t used = static_cast<rlim_t>(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + usec / 1000000 + (usec % 1000000 ? 1 : 0));
   rl.rlim_cur = used + static_cast<rlim_t>(opt.cpu_limit.count());
   if (rl.rlim_max != RLIM_INFINITY && rl.rlim_cur > rl.rlim_max) rl.rlim_cur = rl.rlim_max;
   ::setrlimit(RLIMIT_CPU, &rl);
@@ -76,71 +86,92 @@ inline void arm_cpu_limit(const Options& opt) noexcept {
 /// that must write broken frames the way a dying worker would; not for ordinary code.
 inline int worker_result_fd = -1;
 
-// One word shared by a worker and the parent: 1 + the index of the function the worker last began.
-// A store into shared memory costs no system call, and it survives the worker's death, so the
-// parent can tell the function a dead worker was running from the ones it never started.
-using StartedSlot = std::atomic<std::uint64_t>;
-static_assert(StartedSlot::is_always_lock_free, "pfp needs lock-free 64-bit atomics in shared memory");
+// Runs one function and encodes its Result into frame.
+inline void run_one(std::size_t index, const TaskRunner& run, const Options& opt, std::string& frame) {
+  Result r;
+  r.index = index;
+  auto start = Clock::now();
+  try {
+    run(index, r);
+    r.status = Status::ok;
+    r.error.clear();
+  } catch (const std::bad_alloc&) {
+    r.status = Status::exception;
+    r.error = describe_current_exception();
+    if (opt.memory_limit)
+      r.error += " (the worker's address space is limited to " + std::to_string(opt.memory_limit) +
+                 " bytes by Options::memory_limit)";
+    r.result = Value();
+  } catch (...) {
+    r.status = Status::exception;
+    r.error = describe_current_exception();
+    r.result = Value();
+  }
+  r.duration = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start);
+  r.index = index;  // whatever the function did to its Result, the frame names the right function
+  try {
+    encode_result_frame_into(r, frame);
+    if (frame.size() - frame_header_size > opt.max_result_bytes) {
+      std::size_t size = frame.size() - frame_header_size;
+      std::string().swap(frame);
+      r.status = Status::exception;
+      r.result = Value();
+      r.error = "pfp: the result of " + std::to_string(size) + " bytes exceeds Options::max_result_bytes (" +
+                std::to_string(opt.max_result_bytes) + " bytes)";
+      encode_result_frame_into(r, frame);
+    }
+  } catch (...) {
+    r.status = Status::exception;
+    r.error = "pfp: could not serialize the result: " + describe_current_exception();
+    r.result = Value();
+    std::string().swap(frame);
+    encode_result_frame_into(r, frame);
+  }
+}
 
-[[noreturn]] inline void worker_loop(int task_fd, int result_fd, StartedSlot* started, const TaskRunner& run,
+[[noreturn]] inline void worker_loop(int task_fd, int result_fd, SharedBlock* shared, char* ring, const TaskRunner& run,
                                      const Options& opt) {
-  constexpr std::size_t slots = 512;
-  std::uint64_t indices[slots];
+  std::uint64_t indices[max_pipeline_depth];
   std::size_t carried = 0;  // bytes of a partial index left from the last read
   unsigned done = 0;
+  bool bell_owed = false;   // frames in the ring the parent has not been told about
+  RingWriter ring_out(shared, ring);
+  std::string frame;
   worker_result_fd = result_fd;
   apply_memory_limit(opt);
+  auto ring_bell = [&] {
+    if (!bell_owed) return;
+    bell_owed = false;
+    std::string_view bell = doorbell_frame();
+    if (!write_all(result_fd, bell.data(), bell.size())) ::_exit(0);
+  };
   for (;;) {
+    ring_bell();  // about to wait for work: let the parent collect what is in the ring
     char* base = reinterpret_cast<char*>(indices);
     ssize_t got = read_some(task_fd, base + carried, sizeof indices - carried);
-    if (got <= 0) ::_exit(0);  // the parent closed the pipe (or died): nothing more to do
+    if (got <= 0) {  // the parent closed the pipe (or died): nothing more to do
+      flush_stdio();
+      ::_exit(0);
+    }
     std::size_t bytes = carried + static_cast<std::size_t>(got);
     std::size_t count = bytes / sizeof(std::uint64_t);
     for (std::size_t k = 0; k < count; ++k) {
-      Result r;
-      r.index = static_cast<std::size_t>(indices[k]);
-      started->store(indices[k] + 1, std::memory_order_release);
+      shared->started_at_ns.store(steady_now_ns(), std::memory_order_relaxed);
+      shared->started.store(indices[k] + 1, std::memory_order_release);
       arm_cpu_limit(opt);
-      auto start = Clock::now();
-      try {
-        run(r.index, r);
-        r.status = Status::ok;
-        r.error.clear();
-      } catch (const std::bad_alloc&) {
-        r.status = Status::exception;
-        r.error = describe_current_exception();
-        if (opt.memory_limit)
-          r.error += " (the worker's address space is limited to " + std::to_string(opt.memory_limit) +
-                     " bytes by Options::memory_limit)";
-        r.result = Value();
-      } catch (...) {
-        r.status = Status::exception;
-        r.error = describe_current_exception();
-        r.result = Value();
+      run_one(static_cast<std::size_t>(indices[k]), run, opt, frame);
+      flush_standard_streams();  // what the function printed appears even though the worker leaves by _exit
+      if (ring_out.put(frame)) {
+        bell_owed = true;
+      } else if (!write_all(result_fd, frame.data(), frame.size())) {
+        ::_exit(0);  // the parent is gone
       }
-      r.duration = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start);
-      std::string frame;
-      try {
-        frame = encode_result_frame(r);
-        if (frame.size() - frame_header_size > opt.max_result_bytes) {
-          std::size_t size = frame.size() - frame_header_size;
-          frame.clear();
-          frame.shrink_to_fit();
-          r.status = Status::exception;
-          r.result = Value();
-          r.error = "pfp: the result of " + std::to_string(size) + " bytes exceeds Options::max_result_bytes (" +
-                    std::to_string(opt.max_result_bytes) + " bytes)";
-          frame = encode_result_frame(r);
-        }
-      } catch (...) {
-        r.status = Status::exception;
-        r.error = "pfp: could not serialize the result: " + describe_current_exception();
-        r.result = Value();
-        frame = encode_result_frame(r);
+      if (frame.capacity() > ring_frame_limit) std::string().swap(frame);  // do not sit on a big result's memory
+      if (opt.max_tasks_per_worker && ++done >= opt.max_tasks_per_worker) {
+        ring_bell();
+        flush_stdio();
+        ::_exit(0);
       }
-      flush_stdio();  // what the function printed appears even though the worker leaves by _exit
-      if (!write_all(result_fd, frame.data(), frame.size())) ::_exit(0);  // the parent is gone
-      if (opt.max_tasks_per_worker && ++done >= opt.max_tasks_per_worker) ::_exit(0);
     }
     carried = bytes % sizeof(std::uint64_t);
     if (carried) std::memmove(base, base + count * sizeof(std::uint64_t), carried);
@@ -150,38 +181,47 @@ static_assert(StartedSlot::is_always_lock_free, "pfp needs lock-free 64-bit atom
 // ---------------------------------------------------------------- parent side
 
 /// The wake-up line between MultiProcessor::cancel() and the pool's poll() loop: an atomic flag
-/// and a self-pipe, so a cancel from another thread or a signal handler is seen at once.
+/// and a self-pipe that exists only while a run is in progress, so a cancel from another thread
+/// or a signal handler is seen at once and no descriptor outlives the run.
 class CancelState {
  public:
-  CancelState() {
+  /// Called when a run starts. Throws pfp::error when out of descriptors.
+  void open() {
     Pipe p = make_pipe();
     set_nonblocking(p.read.get());
     set_nonblocking(p.write.get());
+    requested_.store(false);
     read_ = std::move(p.read);
-    write_ = std::move(p.write);
+    write_fd_.store(p.write.release());
   }
-  /// Async-signal-safe and thread-safe: one atomic store and one write().
+  /// Called when the run ends; waits out a request() that is writing right now.
+  void close() noexcept {
+    int fd = write_fd_.exchange(-1);
+    while (writers_.load() != 0) sched_yield();
+    if (fd >= 0) ::close(fd);
+    read_.reset();
+  }
+  /// Async-signal-safe and thread-safe: atomic operations and at most one write().
   void request() noexcept {
-    requested_.store(true, std::memory_order_release);
-    char byte = 1;
-    int saved = errno;
-    [[maybe_unused]] ssize_t ignored = ::write(write_.get(), &byte, 1);  // full pipe: a wake-up is pending anyway
-    errno = saved;
-  }
-  bool requested() const noexcept { return requested_.load(std::memory_order_acquire); }
-  int wake_fd() const noexcept { return read_.get(); }
-  /// Forgets earlier requests: a cancel applies to the run in progress only.
-  void reset() noexcept {
-    requested_.store(false, std::memory_order_release);
-    char buf[64];
-    while (read_some(read_.get(), buf, sizeof buf) > 0) {
+    writers_.fetch_add(1);
+    requested_.store(true);
+    int fd = write_fd_.load();
+    if (fd >= 0) {
+      int saved = errno;
+      char byte = 1;
+      [[maybe_unused]] ssize_t ignored = ::write(fd, &byte, 1);  // a full pipe already holds a wake-up
+      errno = saved;
     }
+    writers_.fetch_sub(1);
   }
+  bool requested() const noexcept { return requested_.load(); }
+  int wake_fd() const noexcept { return read_.get(); }
 
  private:
   std::atomic<bool> requested_{false};
+  std::atomic<int> write_fd_{-1};
+  std::atomic<int> writers_{0};
   UniqueFd read_;
-  UniqueFd write_;
 };
 
 /// Threads of this process, or 0 where that cannot be told.
@@ -309,7 +349,7 @@ class Pool {
       dispatch();
       fds.clear();
       polled.clear();
-      if (cancel_) {
+      if (cancel_ && cancel_->wake_fd() >= 0) {
         fds.push_back(pollfd{cancel_->wake_fd(), POLLIN, 0});
         polled.push_back(nullptr);
       }
@@ -343,18 +383,18 @@ class Pool {
     pid_t pid = -1;
     UniqueFd task_w;
     UniqueFd result_r;
-    std::deque<std::size_t> queue;  // sent and not yet answered; front() is running
-    Clock::time_point head_started{};
-    StartedSlot* started = nullptr;  // in a MAP_SHARED page
+    SharedRegion shared;
+    RingReader ring;
+    std::deque<std::size_t> queue;  // sent and not yet answered, in the order the worker runs them
+    Clock::time_point head_since{};  // when the front of the queue became the front
     unsigned sent = 0;
-    std::vector<char> buf;
+    std::vector<char> buf;     // bytes from the result pipe
     std::size_t have = 0;      // bytes in buf
-    std::size_t consumed = 0;  // bytes of buf already parsed into results
+    std::size_t consumed = 0;  // bytes of buf already parsed
   };
 
   static constexpr auto sweep_interval = std::chrono::milliseconds(50);
   static constexpr std::size_t read_chunk = std::size_t{1} << 16;
-  static constexpr unsigned max_depth = 64;
 
   const TaskRunner& run_;
   const Options& options_;
@@ -366,6 +406,8 @@ class Pool {
   unsigned target_workers_ = 1;
   double mean_duration_ns_ = -1;  // running mean of what workers report, to size the pipeline
   std::string last_spawn_error_;
+  std::string scratch_;  // a ring frame that wraps around the end of the ring
+  std::set<std::size_t> protocol_strikes_;  // functions already re-run once after a corrupt stream
 
   // ---- starting workers
 
@@ -382,28 +424,24 @@ class Pool {
       if (other->task_w) close_in_child.push_back(other->task_w.get());
       if (other->result_r) close_in_child.push_back(other->result_r.get());
     }
+    if (cancel_ && cancel_->wake_fd() >= 0) close_in_child.push_back(cancel_->wake_fd());
     try {
       Pipe tasks = make_pipe();
       Pipe results = make_pipe();
 #if defined(__linux__) && defined(F_SETPIPE_SZ)
       ::fcntl(results.write.get(), F_SETPIPE_SZ, 1 << 20);  // fewer wake-ups for large results
 #endif
+      w->shared = SharedRegion::create();
       close_in_child.push_back(tasks.write.get());
       close_in_child.push_back(results.read.get());
       const int task_fd = tasks.read.get();
       const int result_fd = results.write.get();
-      void* page = ::mmap(nullptr, sizeof(StartedSlot), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-      if (page == MAP_FAILED) throw_errno("mmap");
-      w->started = new (page) StartedSlot(0);
-      StartedSlot* started = w->started;
+      SharedBlock* block = w->shared.block();
+      char* ring = w->shared.ring();
       const TaskRunner& run = run_;
       const Options& opt = options_;
-      try {
-        w->pid = fork_worker([&] { worker_loop(task_fd, result_fd, started, run, opt); }, close_in_child);
-      } catch (...) {
-        unmap(*w);
-        throw;
-      }
+      w->pid = fork_worker([&] { worker_loop(task_fd, result_fd, block, ring, run, opt); }, close_in_child);
+      w->ring = RingReader(block, ring);
       w->task_w = std::move(tasks.write);
       w->result_r = std::move(results.read);
       set_nonblocking(w->result_r.get());
@@ -434,19 +472,21 @@ class Pool {
   // ---- handing out work
 
   // How many functions a worker may hold at once: enough to hide the round trip for short
-  // functions, one for long ones so a slow function does not hold others hostage.
+  // functions (about 200 us of work in flight), one for long ones so a slow function does not
+  // hold others hostage, and never more than a fair share of what is left.
   unsigned depth() const {
     if (mean_duration_ns_ < 0) return 1;
     double d = 200'000.0 / std::max(mean_duration_ns_, 1.0);
-    unsigned depth = static_cast<unsigned>(std::clamp(d, 1.0, static_cast<double>(max_depth)));
-    std::size_t fair = (pending_.size() + workers_.size() - 1) / std::max<std::size_t>(workers_.size(), 1);
-    return static_cast<unsigned>(std::max<std::size_t>(1, std::min<std::size_t>(depth, fair + 1)));
+    auto depth = static_cast<std::size_t>(std::clamp(d, 1.0, static_cast<double>(max_pipeline_depth)));
+    std::size_t live = std::max<std::size_t>(workers_.size(), 1);
+    std::size_t fair = (pending_.size() + live - 1) / live;
+    return static_cast<unsigned>(std::max<std::size_t>(1, std::min(depth, fair + 1)));
   }
 
   void dispatch() {
     if (pending_.empty()) return;
     const unsigned limit = depth();
-    std::uint64_t batch[max_depth];
+    std::uint64_t batch[max_pipeline_depth];
     for (auto& w : workers_) {
       if (!w->task_w || pending_.empty()) continue;
       std::size_t n = 0;
@@ -456,11 +496,11 @@ class Pool {
         pending_.pop_front();
       }
       if (n == 0) continue;
-      if (w->queue.empty()) w->head_started = Clock::now();
+      if (w->queue.empty()) w->head_since = Clock::now();
       for (std::size_t k = 0; k < n; ++k) w->queue.push_back(static_cast<std::size_t>(batch[k]));
       w->sent += static_cast<unsigned>(n);
-      // At most 64 indices (512 bytes, below PIPE_BUF) are ever in the pipe: the write is atomic
-      // and never blocks.
+      // Indices in the pipe never exceed max_pipeline_depth * 8 bytes = PIPE_BUF: the write is
+      // atomic and never blocks.
       if (!write_all(w->task_w.get(), batch, n * sizeof(std::uint64_t))) {
         SigpipeBlock::consume_pending();
         // The worker is gone; its death is noticed on its result pipe and its queue handed back.
@@ -477,58 +517,103 @@ class Pool {
                                                                                      : options_.max_result_bytes + slack;
   }
 
+  // Reads the pipe once. Returns the bytes read, 0 at EOF, -1 when nothing is there now.
+  ssize_t read_pipe(Worker& w) {
+    std::size_t want = read_chunk;
+    if (w.have - w.consumed >= frame_header_size) {
+      // Grow towards the frame's size as its bytes arrive, never to what a header merely claims.
+      std::uint64_t claimed = 0;
+      std::memcpy(&claimed, w.buf.data() + w.consumed + 8, sizeof claimed);
+      std::size_t held = w.have - w.consumed;
+      std::size_t missing = claimed > held - frame_header_size ? static_cast<std::size_t>(std::min<std::uint64_t>(
+                                                                     claimed - (held - frame_header_size), max_frame()))
+                                                               : 0;
+      want = std::max(want, std::min(missing, std::max(held, read_chunk)));
+    }
+    if (w.buf.size() - w.have < want) w.buf.resize(w.have + want);
+    ssize_t got = read_some(w.result_r.get(), w.buf.data() + w.have, w.buf.size() - w.have);
+    if (got > 0) {
+      w.have += static_cast<std::size_t>(got);
+      return got;
+    }
+    if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return -1;
+    return 0;  // EOF, or an error that means the same
+  }
+
   void read_from(Worker& w) {
-    if (!w.result_r) return;
-    for (int rounds = 0; rounds < 256; ++rounds) {
-      std::size_t want = read_chunk;
-      if (w.have - w.consumed >= frame_header_size) {
-        // Grow towards the frame's size as its bytes arrive, never to what a header merely claims.
-        std::size_t claimed = 0;
-        std::memcpy(&claimed, w.buf.data() + w.consumed + 8, sizeof claimed);
-        std::size_t missing = claimed + frame_header_size > w.have - w.consumed
-                                  ? claimed + frame_header_size - (w.have - w.consumed)
-                                  : 0;
-        want = std::max(want, std::min(missing, std::max(w.have - w.consumed, read_chunk)));
+    for (int rounds = 0; rounds < 1024 && w.result_r; ++rounds) {
+      ssize_t got = read_pipe(w);
+      if (got == 0) {
+        worker_ended(w);  // EOF: the worker is gone or has closed its end
+        return;
       }
-      if (w.buf.size() - w.have < want) w.buf.resize(w.have + want);
-      ssize_t got = read_some(w.result_r.get(), w.buf.data() + w.have, w.buf.size() - w.have);
-      if (got > 0) {
-        w.have += static_cast<std::size_t>(got);
-        if (!parse_frames(w)) return;
-        if (static_cast<std::size_t>(got) < want) return;  // drained for now
-        continue;
-      }
-      if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
-      worker_ended(w);  // EOF (or a read error): the worker is gone or has closed its end
-      return;
+      if (!collect(w)) return;
+      if (got < 0) return;
     }
   }
 
-  // Parses every complete frame. Returns false if the worker was killed for a protocol error.
-  bool parse_frames(Worker& w) {
-    for (;;) {
-      std::string_view view(w.buf.data() + w.consumed, w.have - w.consumed);
-      std::optional<std::size_t> size;
-      try {
-        size = frame_size(view, max_frame());
-        if (!size || view.size() < *size) break;
-        if (w.queue.empty()) throw error("pfp: protocol error: a frame arrived from a worker that holds no function");
-        Result decoded = decode_result_frame(view.substr(0, *size), max_frame());
-        const std::size_t expected = w.queue.front();
-        if (decoded.index != expected)
-          throw error("pfp: protocol error: a frame for function " + std::to_string(decoded.index) + " arrived while function " +
-                      std::to_string(expected) + " was running");
-        accept(w, std::move(decoded));
-      } catch (const error& e) {
-        kill_worker(w, Status::crashed, e.what());
-        return false;
-      }
-      w.consumed += *size;
-      if (options_.max_tasks_per_worker && w.queue.empty() && w.sent >= options_.max_tasks_per_worker) {
-        retire(w);
-        return false;
-      }
+  // Reads what a worker left before it is declared dead, so no finished result is lost.
+  void drain(Worker& w) {
+    while (w.result_r && read_pipe(w) > 0) {
     }
+    if (w.result_r) collect(w);
+  }
+
+  // Takes every complete frame, from the ring or the pipe, in the order the worker ran them.
+  // Returns false if the worker is gone (killed for a protocol error, or retired).
+  bool collect(Worker& w) {
+    try {
+      for (;;) {
+        // Doorbells only say "look at the ring".
+        while (w.have - w.consumed >= frame_header_size &&
+               frame_kind({w.buf.data() + w.consumed, frame_header_size}) == frame_kind_doorbell) {
+          frame_size({w.buf.data() + w.consumed, w.have - w.consumed}, max_frame());  // validates the header
+          w.consumed += frame_header_size;
+        }
+        std::string_view from_ring;
+        if (std::size_t avail = w.ring.available(); avail >= frame_header_size) {
+          std::string_view head = w.ring.peek(frame_header_size, scratch_);
+          std::optional<std::size_t> size = frame_size(head, max_frame());
+          if (frame_kind(head) != frame_kind_result || *size > avail)
+            throw error("pfp: protocol error: a malformed frame in the worker's shared ring");
+          from_ring = w.ring.peek(*size, scratch_);
+          if (!w.queue.empty() && frame_index(from_ring) == w.queue.front()) {  // the common case
+            accept(w, decode_result_frame(from_ring, max_frame()));
+            w.ring.advance(from_ring.size());
+            if (retire_if_done(w)) return false;
+            continue;
+          }
+        }
+        std::string_view from_pipe(w.buf.data() + w.consumed, w.have - w.consumed);
+        std::optional<std::size_t> pipe_size = frame_size(from_pipe, max_frame());
+        if (pipe_size && from_pipe.size() >= *pipe_size) {
+          from_pipe = from_pipe.substr(0, *pipe_size);
+        } else {
+          from_pipe = {};
+        }
+        if (from_ring.empty() && from_pipe.empty()) break;
+        if (w.queue.empty()) throw error("pfp: protocol error: a frame arrived from a worker that holds no function");
+        const std::size_t expected = w.queue.front();
+        if (!from_ring.empty() && frame_index(from_ring) == expected) {
+          accept(w, decode_result_frame(from_ring, max_frame()));
+          w.ring.advance(from_ring.size());
+        } else if (!from_pipe.empty() && frame_index(from_pipe) == expected) {
+          accept(w, decode_result_frame(from_pipe, max_frame()));
+          w.consumed += from_pipe.size();
+        } else if (!from_pipe.empty()) {
+          // The worker sends in the order it runs: the expected frame would already be readable.
+          throw error("pfp: protocol error: a frame for function " + std::to_string(frame_index(from_pipe)) +
+                      " arrived while function " + std::to_string(expected) + " was running");
+        } else {
+          break;  // the expected frame is still on its way through the pipe
+        }
+        if (retire_if_done(w)) return false;
+      }
+    } catch (const error& e) {
+      protocol_failure(w, e.what());
+      return false;
+    }
+    w.ring.publish();
     if (w.consumed == w.have) {
       w.consumed = w.have = 0;
       if (w.buf.size() > (std::size_t{4} << 20)) std::vector<char>().swap(w.buf);  // give back a big result's buffer
@@ -537,6 +622,46 @@ class Pool {
       w.have -= w.consumed;
       w.consumed = 0;
     }
+    return true;
+  }
+
+  // The worker's stream is corrupt: something wrote on its result pipe that the worker did not
+  // (a function writing to descriptors it does not own, a process it left behind), or its ring was
+  // overwritten. The worker is killed; every whole frame in its ring was written by the worker
+  // itself and is kept. Who wrote the junk cannot be told for sure, so the function it was
+  // running is run once more elsewhere, and crashed only if the same happens again.
+  void protocol_failure(Worker& w, const std::string& why) {
+    kill_tree(w.pid);
+    int ignored = 0;
+    wait_pid(w.pid, &ignored, 0);
+    try {
+      while (!w.queue.empty()) {
+        std::size_t avail = w.ring.available();
+        if (avail < frame_header_size) break;
+        std::string_view head = w.ring.peek(frame_header_size, scratch_);
+        std::optional<std::size_t> size = frame_size(head, max_frame());
+        if (frame_kind(head) != frame_kind_result || *size > avail) break;
+        std::string_view frame = w.ring.peek(*size, scratch_);
+        if (frame_index(frame) != w.queue.front()) break;
+        accept(w, decode_result_frame(frame, max_frame()));
+        w.ring.advance(*size);
+      }
+    } catch (const error&) {
+    }
+    if (!w.queue.empty() && head_began(w) && protocol_strikes_.insert(w.queue.front()).second) {
+      std::size_t again = w.queue.front();
+      w.queue.pop_front();
+      settle_queue(w, Status::crashed, why);  // the rest never started
+      pending_.push_front(again);
+    } else {
+      settle_queue(w, Status::crashed, why);
+    }
+    close_pipes(w);
+  }
+
+  bool retire_if_done(Worker& w) {
+    if (!options_.max_tasks_per_worker || !w.queue.empty() || w.sent < options_.max_tasks_per_worker) return false;
+    retire(w);
     return true;
   }
 
@@ -552,7 +677,7 @@ class Pool {
     conclude(i);
     double ns = static_cast<double>(r.duration.count());
     mean_duration_ns_ = mean_duration_ns_ < 0 ? ns : mean_duration_ns_ * 0.875 + ns * 0.125;
-    w.head_started = Clock::now();
+    w.head_since = Clock::now();
   }
 
   // One attempt of function i reached a verdict: it is final unless the options ask to try again.
@@ -568,16 +693,30 @@ class Pool {
     ++completed_;
   }
 
+  // Whether the worker began the function at the front of its queue, and when.
+  static std::optional<Clock::time_point> head_began(const Worker& w) {
+    if (w.queue.empty() || !w.shared) return std::nullopt;
+    const SharedBlock* b = w.shared.block();
+    if (b->started.load(std::memory_order_acquire) != static_cast<std::uint64_t>(w.queue.front()) + 1) return std::nullopt;
+    return Clock::time_point(std::chrono::duration_cast<Clock::duration>(
+        std::chrono::nanoseconds(b->started_at_ns.load(std::memory_order_relaxed))));
+  }
+
+  // When the front of the queue started running, as well as the parent can tell.
+  static Clock::time_point head_start(const Worker& w) {
+    std::optional<Clock::time_point> began = head_began(w);
+    return began ? std::max(*began, w.head_since) : w.head_since;
+  }
+
   // Stops the run: running functions are killed with their workers, the rest never start.
   void cancel_everything() {
     for (auto& w : workers_) {
-      if (w->pid <= 0) continue;
-      if (w->queue.empty()) continue;
+      if (w->pid <= 0 || w->queue.empty()) continue;
       drain(*w);  // results that made it are kept
       if (w->pid <= 0 || w->queue.empty()) continue;
       std::vector<std::size_t> waiting(w->queue.begin() + 1, w->queue.end());
       w->queue.resize(1);
-      kill_worker(*w, Status::cancelled, "cancelled while running: the worker was killed");
+      kill_worker(*w, Status::cancelled, "cancelled while running: the worker was killed with everything it started");
       for (std::size_t i : waiting) pending_.push_front(i);
     }
     for (std::size_t i : pending_) {
@@ -590,42 +729,35 @@ class Pool {
 
   // ---- ending workers
 
-  // Hands a dead or killed worker's unfinished functions back: the running one gets the verdict,
-  // the ones queued behind it never started and go back to the front of the line.
+  // Hands a dead or killed worker's unfinished functions back: the one it was running gets the
+  // verdict; the ones queued behind it never started and go back to the front of the line.
   void settle_queue(Worker& w, Status status, const std::string& why) {
     if (w.queue.empty()) return;
-    const bool head_began = status == Status::timed_out ||
-                            w.started->load(std::memory_order_acquire) == static_cast<std::uint64_t>(w.queue.front()) + 1;
-    if (!head_began) {  // died between functions: nothing it held had started
-      for (auto it = w.queue.rbegin(); it != w.queue.rend(); ++it) pending_.push_front(*it);
-      w.queue.clear();
-      return;
+    const bool began = status == Status::timed_out || head_began(w).has_value();
+    if (began) {
+      Result& r = results_[w.queue.front()];
+      r.status = status;
+      r.error = why;
+      r.result = Value();
+      r.pid = static_cast<int>(w.pid);
+      if (status == Status::timed_out || status == Status::cancelled)
+        r.duration = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - head_start(w));
+      w.queue.pop_front();
+      if (status == Status::cancelled) {
+        ++r.attempts;
+        ++completed_;
+      } else {
+        conclude(r.index);
+      }
     }
-    Result& r = results_[w.queue.front()];
-    r.status = status;
-    r.error = why;
-    r.result = Value();
-    r.pid = static_cast<int>(w.pid);
-    if (status == Status::timed_out || status == Status::cancelled)
-      r.duration = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - w.head_started);
-    w.queue.pop_front();
-    if (status == Status::cancelled) {
-      ++r.attempts;
-      ++completed_;
-    } else {
-      conclude(r.index);
-    }
+    // Otherwise it died between functions: nothing it held had started.
     for (auto it = w.queue.rbegin(); it != w.queue.rend(); ++it) pending_.push_front(*it);
     w.queue.clear();
   }
 
-  static void unmap(Worker& w) noexcept {
-    if (w.started) ::munmap(static_cast<void*>(w.started), sizeof(StartedSlot));
-    w.started = nullptr;
-  }
-
   void close_pipes(Worker& w) {
-    unmap(w);
+    w.shared.reset();
+    w.ring = RingReader();
     w.task_w.reset();
     w.result_r.reset();
     std::vector<char>().swap(w.buf);
@@ -648,8 +780,7 @@ class Pool {
     // then take its group down with it: processes the function started must not outlive it.
     auto deadline = Clock::now() + std::chrono::milliseconds(100);
     while (!has_exited(w.pid) && Clock::now() < deadline) ::poll(nullptr, 0, 1);
-    ::kill(-w.pid, SIGKILL);
-    ::kill(w.pid, SIGKILL);
+    kill_tree(w.pid);
     int status = 0;
     std::string why = wait_pid(w.pid, &status, 0) != w.pid
                           ? "ended, but its exit status was collected elsewhere (a SIGCHLD handler calling waitpid?)"
@@ -660,29 +791,18 @@ class Pool {
     close_pipes(w);
   }
 
-  // Reads what a worker left in its pipe before it is declared dead, so no finished result is lost.
-  void drain(Worker& w) {
-    while (w.result_r) {
-      if (w.buf.size() - w.have < read_chunk) w.buf.resize(w.have + read_chunk);
-      ssize_t got = read_some(w.result_r.get(), w.buf.data() + w.have, w.buf.size() - w.have);
-      if (got <= 0) return;
-      w.have += static_cast<std::size_t>(got);
-      if (!parse_frames(w)) return;
-    }
-  }
-
   void kill_worker(Worker& w, Status status, const std::string& why) {
-    ::kill(-w.pid, SIGKILL);
-    ::kill(w.pid, SIGKILL);
+    kill_tree(w.pid);
     int ignored = 0;
     wait_pid(w.pid, &ignored, 0);
     settle_queue(w, status, why);
     close_pipes(w);
   }
 
-  // A worker that has run its allowance of functions: it exits by itself right after its last frame.
+  // A worker that has run its allowance of functions leaves right after its last frame.
   void retire(Worker& w) {
     w.task_w.reset();
+    w.ring.publish();
     reap(w.pid, std::chrono::milliseconds(1000));
     close_pipes(w);
   }
@@ -690,7 +810,7 @@ class Pool {
   void enforce_timeouts(Clock::time_point now) {
     if (options_.timeout.count() <= 0) return;
     for (auto& w : workers_) {
-      if (w->pid <= 0 || w->queue.empty() || now - w->head_started < options_.timeout) continue;
+      if (w->pid <= 0 || w->queue.empty() || now - head_start(*w) < options_.timeout) continue;
       const std::size_t head = w->queue.front();
       drain(*w);  // it may have finished just now
       if (w->pid <= 0 || w->queue.empty() || w->queue.front() != head) continue;
@@ -705,7 +825,7 @@ class Pool {
       auto now = Clock::now();
       for (auto& w : workers_) {
         if (w->queue.empty()) continue;
-        auto left = std::chrono::ceil<std::chrono::milliseconds>(w->head_started + options_.timeout - now);
+        auto left = std::chrono::ceil<std::chrono::milliseconds>(head_start(*w) + options_.timeout - now);
         wait = std::min(wait, std::max(left, std::chrono::milliseconds(0)));
       }
     }
@@ -729,12 +849,11 @@ class Pool {
   // Used when the run is left by an exception: nothing may outlive it.
   static void abandon(Worker& w) noexcept {
     if (w.pid > 0) {
-      ::kill(-w.pid, SIGKILL);
-      ::kill(w.pid, SIGKILL);
+      kill_tree(w.pid);
       int ignored = 0;
       wait_pid(w.pid, &ignored, 0);
     }
-    unmap(w);
+    w.shared.reset();
     w.task_w.reset();
     w.result_r.reset();
     w.pid = -1;

@@ -11,10 +11,16 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdio_ext.h>
 
 #include <poll.h>
 #include <signal.h>
@@ -27,6 +33,22 @@
 
 namespace pfp {
 namespace detail {
+
+/// Flushes what a function printed to stdout and stderr, cheaply when there is nothing to flush
+/// (it runs after every function in a worker).
+inline void flush_standard_streams() noexcept {
+#if defined(__GLIBC__) || defined(__linux__)
+  if (__fpending(stdout)) std::fflush(stdout);
+  if (__fpending(stderr)) std::fflush(stderr);
+#else
+  std::fflush(stdout);
+  std::fflush(stderr);
+#endif
+  try {
+    std::cout.flush();  // has its own buffer only after std::ios::sync_with_stdio(false)
+  } catch (...) {
+  }
+}
 
 /// Flushes every stdio and iostream buffer so a forked child cannot print them a second time.
 inline void flush_stdio() noexcept {
@@ -75,19 +97,86 @@ pid_t fork_worker(Body&& body, const std::vector<int>& close_in_child) {
     ::setpgid(0, 0);
 #if defined(__linux__)
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    // Orphans of the function's processes (a daemonising double fork, say) are reparented to the
+    // worker instead of init, so the parent can still find and kill them: see kill_tree().
+    ::prctl(PR_SET_CHILD_SUBREAPER, 1);
 #endif
     if (::getppid() != parent) ::_exit(127);  // the parent died before PDEATHSIG was armed
     for (int fd : close_in_child) ::close(fd);
     try {
       body();
     } catch (...) {
+      flush_stdio();
       ::_exit(126);
     }
+    flush_stdio();
     ::_exit(0);
   }
   // Also set from the parent, so a kill of the group right after fork cannot miss the child.
   ::setpgid(pid, pid);
   return pid;
+}
+
+/// The live (non-zombie) descendants of root, from /proc. Empty where /proc is unavailable.
+inline std::vector<pid_t> live_descendants(pid_t root) {
+  std::vector<pid_t> found;
+#if defined(__linux__)
+  std::unordered_map<pid_t, std::vector<pid_t>> children;
+  DIR* proc = ::opendir("/proc");
+  if (!proc) return found;
+  while (dirent* e = ::readdir(proc)) {
+    char* end = nullptr;
+    long pid = std::strtol(e->d_name, &end, 10);
+    if (pid <= 0 || *end) continue;
+    char path[64];
+    std::snprintf(path, sizeof path, "/proc/%ld/stat", pid);
+    int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    char buf[512];
+    ssize_t n = read_some(fd, buf, sizeof buf - 1);
+    ::close(fd);
+    if (n <= 0) continue;
+    buf[n] = '\0';
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so parse after the last ')'.
+    const char* close_paren = std::strrchr(buf, ')');
+    if (!close_paren) continue;
+    char state = 0;
+    long ppid = 0;
+    if (std::sscanf(close_paren + 1, " %c %ld", &state, &ppid) != 2 || state == 'Z' || state == 'X') continue;
+    children[static_cast<pid_t>(ppid)].push_back(static_cast<pid_t>(pid));
+  }
+  ::closedir(proc);
+  std::vector<pid_t> todo{root};
+  while (!todo.empty()) {
+    pid_t p = todo.back();
+    todo.pop_back();
+    auto it = children.find(p);
+    if (it == children.end()) continue;
+    for (pid_t c : it->second) {
+      found.push_back(c);
+      todo.push_back(c);
+    }
+  }
+#else
+  (void)root;
+#endif
+  return found;
+}
+
+/// Kills a live worker with everything it started: its process group, and every descendant,
+/// even those that left the group with setsid(). Descendants first, while the worker still holds
+/// them as their (sub)reaper; repeated while new ones appear.
+inline void kill_tree(pid_t root) noexcept {
+  try {
+    for (int round = 0; round < 8; ++round) {
+      std::vector<pid_t> procs = live_descendants(root);
+      if (procs.empty()) break;
+      for (pid_t p : procs) ::kill(p, SIGKILL);
+    }
+  } catch (...) {  // out of memory while listing: the group kill below still happens
+  }
+  ::kill(-root, SIGKILL);
+  ::kill(root, SIGKILL);
 }
 
 /// Whether pid has ended, without reaping it (so its pid and group id stay reserved).

@@ -59,6 +59,9 @@ namespace detail {
 inline constexpr std::uint32_t frame_magic = 0x31504650;  // "PFP1" in little-endian memory
 inline constexpr std::uint16_t frame_version = 1;
 inline constexpr std::size_t frame_header_size = 16;
+inline constexpr std::uint16_t frame_kind_result = 0;
+// A header with no payload that only says "look at the shared ring": see channel.hpp.
+inline constexpr std::uint16_t frame_kind_doorbell = 1;
 
 struct FrameHeader {
   std::uint32_t magic;
@@ -68,20 +71,43 @@ struct FrameHeader {
 };
 static_assert(sizeof(FrameHeader) == frame_header_size, "FrameHeader must be 16 bytes");
 
-inline std::string encode_result_frame(const Result& r) {
+/// Encodes r as a frame into out (resized to fit; its capacity is reused).
+inline void encode_result_frame_into(const Result& r, std::string& out) {
   std::uint64_t duration = zigzag(static_cast<std::int64_t>(r.duration.count()));
   std::size_t payload = varint_size(r.index) + 1 + varint_size(duration) + varint_size(r.error.size()) +
                         r.error.size() + encoded_size(r.result);
-  std::string frame(frame_header_size + payload, '\0');
-  FrameHeader h{frame_magic, frame_version, 0, payload};
-  std::memcpy(frame.data(), &h, sizeof h);
-  Writer w(frame.data() + frame_header_size);
+  out.resize(frame_header_size + payload);
+  FrameHeader h{frame_magic, frame_version, frame_kind_result, payload};
+  std::memcpy(out.data(), &h, sizeof h);
+  Writer w(out.data() + frame_header_size);
   w.varint(r.index);
   w.byte(static_cast<std::uint8_t>(r.status));
   w.varint(duration);
   w.text(r.error);
   w.value(r.result);
+}
+
+inline std::string encode_result_frame(const Result& r) {
+  std::string frame;
+  encode_result_frame_into(r, frame);
   return frame;
+}
+
+inline std::string_view doorbell_frame() noexcept {
+  static const FrameHeader bell{frame_magic, frame_version, frame_kind_doorbell, 0};
+  return {reinterpret_cast<const char*>(&bell), sizeof bell};
+}
+
+inline std::uint16_t frame_kind(std::string_view header) noexcept {
+  std::uint16_t kind;
+  std::memcpy(&kind, header.data() + 6, sizeof kind);
+  return kind;
+}
+
+/// The function index a whole, size-checked frame is for. Throws pfp::error if unreadable.
+inline std::size_t frame_index(std::string_view frame) {
+  Reader rd(frame.substr(frame_header_size));
+  return static_cast<std::size_t>(rd.varint());
 }
 
 /// The whole size of the frame at the start of buf once its header has arrived, nullopt before.
@@ -93,7 +119,8 @@ inline std::optional<std::size_t> frame_size(std::string_view buf, std::size_t m
   if (h.magic != frame_magic) throw error("pfp: protocol error: bad frame magic (the worker wrote something that is not a pfp frame)");
   if (h.version != frame_version)
     throw error("pfp: protocol error: frame version " + std::to_string(h.version) + ", expected " + std::to_string(frame_version));
-  if (h.kind != 0) throw error("pfp: protocol error: unknown frame kind " + std::to_string(h.kind));
+  if (h.kind != frame_kind_result && !(h.kind == frame_kind_doorbell && h.payload_size == 0))
+    throw error("pfp: protocol error: unknown frame kind " + std::to_string(h.kind));
   if (h.payload_size > max_frame || h.payload_size > std::numeric_limits<std::size_t>::max() - frame_header_size)
     throw error("pfp: result of " + std::to_string(h.payload_size) + " bytes exceeds the limit of " + std::to_string(max_frame) +
                 " bytes (Options::max_result_bytes)");
@@ -104,6 +131,7 @@ inline std::optional<std::size_t> frame_size(std::string_view buf, std::size_t m
 inline Result decode_result_frame(std::string_view frame, std::size_t max_frame) {
   std::optional<std::size_t> size = frame_size(frame, max_frame);
   if (!size) throw error("pfp: protocol error: truncated frame header");
+  if (frame_kind(frame) != frame_kind_result) throw error("pfp: protocol error: not a result frame");
   if (*size != frame.size())
     throw error("pfp: protocol error: frame says " + std::to_string(*size) + " bytes, got " + std::to_string(frame.size()));
   Reader rd(frame.substr(frame_header_size));

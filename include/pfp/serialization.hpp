@@ -61,7 +61,11 @@ inline Tag array_tag(const Value::Array& arr) noexcept {
   return t == Value::Type::integer ? Tag::packed_integers : Tag::packed_doubles;
 }
 
-inline std::size_t encoded_size(const Value& v) {
+// Throws pfp::error for a value nested deeper than the decoder accepts, so the limit is met on
+// the sending side, where it can be reported as the function's own error.
+inline std::size_t encoded_size(const Value& v, std::size_t depth = 0) {
+  if (depth > max_decode_depth)
+    throw error("pfp: the value nests deeper than " + std::to_string(max_decode_depth) + " levels, the most pfp encodes");
   switch (v.type()) {
     case Value::Type::null:
     case Value::Type::boolean: return 1;
@@ -73,13 +77,13 @@ inline std::size_t encoded_size(const Value& v) {
       const auto& arr = v.elements();
       std::size_t n = 1 + varint_size(arr.size());
       if (array_tag(arr) != Tag::array) return n + 8 * arr.size();
-      for (const Value& e : arr) n += encoded_size(e);
+      for (const Value& e : arr) n += encoded_size(e, depth + 1);
       return n;
     }
     case Value::Type::object: {
       const auto& obj = v.items();
       std::size_t n = 1 + varint_size(obj.size());
-      for (const auto& [k, e] : obj) n += varint_size(k.size()) + k.size() + encoded_size(e);
+      for (const auto& [k, e] : obj) n += varint_size(k.size()) + k.size() + encoded_size(e, depth + 1);
       return n;
     }
   }

@@ -50,6 +50,7 @@ class UniqueFd {
   ~UniqueFd() { reset(); }
 
   int get() const noexcept { return fd_; }
+  int release() noexcept { return std::exchange(fd_, -1); }
   explicit operator bool() const noexcept { return fd_ >= 0; }
   void reset() noexcept {
     // close() is not retried on EINTR: on Linux the descriptor is released either way.

@@ -1,0 +1,152 @@
+#ifndef PFP_CHANNEL_HPP
+#define PFP_CHANNEL_HPP
+
+// The shared-memory half of a worker's result channel. Each worker has one MAP_SHARED region,
+// created before fork, holding:
+//   - `started`: 1 + the index of the function the worker last began, and when it began. A store
+//     costs no system call and survives the worker's death, so the parent can tell the function
+//     a dead worker was running from the ones it never started, and time it exactly.
+//   - a single-producer / single-consumer byte ring for result frames. Small frames go there
+//     instead of through the pipe; the worker writes one doorbell frame to its pipe when it runs
+//     out of work, so a batch of results costs one system call. Frames in the ring survive the
+//     worker, so a crash never loses a result that was already produced.
+// Frames that do not fit (large results, or a full ring) go through the pipe. Each stream stays
+// in execution order, and the parent takes from whichever holds the function it expects next.
+
+#include <pfp/detail/posix.hpp>
+#include <pfp/error.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <new>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include <sys/mman.h>
+
+namespace pfp {
+namespace detail {
+
+inline constexpr std::size_t ring_capacity = std::size_t{1} << 20;  // a power of two
+/// Frames larger than this always take the pipe, so one big result cannot monopolise the ring.
+inline constexpr std::size_t ring_frame_limit = ring_capacity / 4;
+
+struct SharedBlock {
+  std::atomic<std::uint64_t> started{0};
+  std::atomic<std::int64_t> started_at_ns{0};  // steady_clock time the function began
+  alignas(64) std::atomic<std::uint64_t> produced{0};  // bytes ever written to the ring
+  alignas(64) std::atomic<std::uint64_t> consumed{0};  // bytes ever taken by the parent
+};
+static_assert(std::atomic<std::uint64_t>::is_always_lock_free, "pfp needs lock-free 64-bit atomics in shared memory");
+
+/// Owns one worker's shared region.
+class SharedRegion {
+ public:
+  static constexpr std::size_t header_bytes = 4096;
+  static_assert(sizeof(SharedBlock) <= header_bytes, "SharedBlock must fit its page");
+
+  SharedRegion() = default;
+  /// Maps a fresh region. Throws pfp::error if mmap fails.
+  static SharedRegion create() {
+    SharedRegion r;
+    void* p = ::mmap(nullptr, header_bytes + ring_capacity, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw_errno("mmap of a worker's shared region");
+    r.base_ = static_cast<char*>(p);
+    new (r.base_) SharedBlock();
+    return r;
+  }
+  SharedRegion(SharedRegion&& o) noexcept : base_(std::exchange(o.base_, nullptr)) {}
+  SharedRegion& operator=(SharedRegion&& o) noexcept {
+    if (this != &o) {
+      reset();
+      base_ = std::exchange(o.base_, nullptr);
+    }
+    return *this;
+  }
+  SharedRegion(const SharedRegion&) = delete;
+  SharedRegion& operator=(const SharedRegion&) = delete;
+  ~SharedRegion() { reset(); }
+
+  void reset() noexcept {
+    if (base_) ::munmap(base_, header_bytes + ring_capacity);
+    base_ = nullptr;
+  }
+  explicit operator bool() const noexcept { return base_ != nullptr; }
+  SharedBlock* block() const noexcept { return reinterpret_cast<SharedBlock*>(base_); }
+  char* ring() const noexcept { return base_ + header_bytes; }
+
+ private:
+  char* base_ = nullptr;
+};
+
+inline std::int64_t steady_now_ns() noexcept {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+/// Worker side: appends whole frames; never blocks.
+class RingWriter {
+ public:
+  RingWriter(SharedBlock* block, char* ring) noexcept : block_(block), ring_(ring) {}
+
+  /// Copies frame into the ring and publishes it. False when it does not fit right now.
+  bool put(std::string_view frame) noexcept {
+    const std::uint64_t head = block_->produced.load(std::memory_order_relaxed);
+    const std::uint64_t tail = block_->consumed.load(std::memory_order_acquire);
+    if (frame.size() > ring_frame_limit || frame.size() > ring_capacity - (head - tail)) return false;
+    const std::size_t at = static_cast<std::size_t>(head & (ring_capacity - 1));
+    const std::size_t first = std::min(frame.size(), ring_capacity - at);
+    std::memcpy(ring_ + at, frame.data(), first);
+    std::memcpy(ring_, frame.data() + first, frame.size() - first);
+    block_->produced.store(head + frame.size(), std::memory_order_release);
+    return true;
+  }
+
+ private:
+  SharedBlock* block_;
+  char* ring_;
+};
+
+/// Parent side: reads what the worker published, checking every number it finds there (a buggy
+/// function can scribble on the region) before using it.
+class RingReader {
+ public:
+  RingReader() = default;
+  RingReader(SharedBlock* block, const char* ring) noexcept : block_(block), ring_(ring) {}
+
+  /// Bytes published and not yet taken. Throws pfp::error if the counters are impossible.
+  std::size_t available() const {
+    const std::uint64_t head = block_->produced.load(std::memory_order_acquire);
+    const std::uint64_t unread = head - pos_;
+    if (head < pos_ || unread > ring_capacity) throw error("pfp: protocol error: the worker's shared ring counters are corrupt");
+    return static_cast<std::size_t>(unread);
+  }
+  /// The next n bytes (n <= available()), contiguous: in place, or copied into scratch at the wrap.
+  std::string_view peek(std::size_t n, std::string& scratch) const {
+    const std::size_t at = static_cast<std::size_t>(pos_ & (ring_capacity - 1));
+    if (at + n <= ring_capacity) return {ring_ + at, n};
+    scratch.resize(n);
+    const std::size_t first = ring_capacity - at;
+    std::memcpy(scratch.data(), ring_ + at, first);
+    std::memcpy(scratch.data() + first, ring_, n - first);
+    return scratch;
+  }
+  void advance(std::size_t n) noexcept { pos_ += n; }
+  /// Hands the space taken so far back to the worker.
+  void publish() noexcept {
+    if (block_) block_->consumed.store(pos_, std::memory_order_release);
+  }
+
+ private:
+  SharedBlock* block_ = nullptr;
+  const char* ring_ = nullptr;
+  std::uint64_t pos_ = 0;
+};
+
+}  // namespace detail
+}  // namespace pfp
+
+#endif  // PFP_CHANNEL_HPP
