@@ -38,6 +38,9 @@ inline constexpr std::size_t ring_frame_limit = ring_capacity / 4;
 struct SharedBlock {
   std::atomic<std::uint64_t> started{0};
   std::atomic<std::int64_t> started_at_ns{0};  // steady_clock time the function began
+  // 1 + the index of the first function during which bytes the worker did not write appeared on
+  // its result pipe: who corrupted the stream, when the parent finds it corrupt.
+  std::atomic<std::uint64_t> corrupted_by{0};
   alignas(64) std::atomic<std::uint64_t> produced{0};  // bytes ever written to the ring
   alignas(64) std::atomic<std::uint64_t> consumed{0};  // bytes ever taken by the parent
 };

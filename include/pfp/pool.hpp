@@ -35,6 +35,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -159,7 +160,15 @@ inline void run_one(std::size_t index, const TaskRunner& run, const Options& opt
       shared->started_at_ns.store(steady_now_ns(), std::memory_order_relaxed);
       shared->started.store(indices[k] + 1, std::memory_order_release);
       arm_cpu_limit(opt);
+      // Only the parent reads this pipe, so its byte count can grow during a function only if
+      // the function (or something it started) wrote to it.
+      int queued_before = 0, queued_after = 0;
+      ::ioctl(result_fd, FIONREAD, &queued_before);
       run_one(static_cast<std::size_t>(indices[k]), run, opt, frame);
+      if (::ioctl(result_fd, FIONREAD, &queued_after) == 0 && queued_after > queued_before) {
+        std::uint64_t none = 0;
+        shared->corrupted_by.compare_exchange_strong(none, indices[k] + 1);
+      }
       flush_standard_streams();  // what the function printed appears even though the worker leaves by _exit
       if (ring_out.put(frame)) {
         bell_owed = true;
@@ -628,8 +637,8 @@ class Pool {
   // The worker's stream is corrupt: something wrote on its result pipe that the worker did not
   // (a function writing to descriptors it does not own, a process it left behind), or its ring was
   // overwritten. The worker is killed; every whole frame in its ring was written by the worker
-  // itself and is kept. Who wrote the junk cannot be told for sure, so the function it was
-  // running is run once more elsewhere, and crashed only if the same happens again.
+  // itself and is kept. The worker notes which function wrote on its pipe; if that was not the
+  // one it was running when killed, the running one is innocent and runs again elsewhere.
   void protocol_failure(Worker& w, const std::string& why) {
     kill_tree(w.pid);
     int ignored = 0;
@@ -648,7 +657,9 @@ class Pool {
       }
     } catch (const error&) {
     }
-    if (!w.queue.empty() && head_began(w) && protocol_strikes_.insert(w.queue.front()).second) {
+    const std::uint64_t culprit = w.shared.block()->corrupted_by.load(std::memory_order_acquire);
+    if (!w.queue.empty() && head_began(w) && culprit != 0 && culprit != w.queue.front() + 1 &&
+        protocol_strikes_.insert(w.queue.front()).second) {
       std::size_t again = w.queue.front();
       w.queue.pop_front();
       settle_queue(w, Status::crashed, why);  // the rest never started
