@@ -266,6 +266,7 @@ TEST_CASE("a function's unterminated stdout output is flushed exactly once", "[h
   for (unsigned max_tasks : {1u, 0u}) {
     INFO("max_tasks_per_worker " << max_tasks);
     const auto outcome = run_in_child([max_tasks] {
+      dup2(1, 2);  // stderr into the same pipe
       MultiProcessor<> mp(Value{}, opts(1, max_tasks));
       mp.register_function("printf_no_newline", [](const Value&, const Args&) {
         std::printf("FROM-WORKER");
@@ -288,6 +289,7 @@ TEST_CASE("a function's unterminated stdout output is flushed exactly once", "[h
     CHECK(outcome.exited_ok());
     CHECK(count_occurrences(outcome.out, "FROM-WORKER") == 1);
     CHECK(count_occurrences(outcome.out, "FROM-COUT") == 1);
+    CHECK(count_occurrences(outcome.out, "FROM-STDERR") == 1);
     CHECK(count_occurrences(outcome.out, "RUN-OK") == 1);
     // the worker output comes before the caller's own later output
     CHECK(outcome.out.find("FROM-WORKER") < outcome.out.find("RUN-OK"));

@@ -41,6 +41,10 @@ struct SharedBlock {
   // 1 + the index of the first function during which bytes the worker did not write appeared on
   // its result pipe: who corrupted the stream, when the parent finds it corrupt.
   std::atomic<std::uint64_t> corrupted_by{0};
+  // Bytes the parent has read from the result pipe, under a sequence count that is odd while a
+  // read is in progress: with FIONREAD it gives the worker every byte ever written to the pipe.
+  std::atomic<std::uint64_t> pipe_read_seq{0};
+  std::atomic<std::uint64_t> pipe_read_total{0};
   alignas(64) std::atomic<std::uint64_t> produced{0};  // bytes ever written to the ring
   alignas(64) std::atomic<std::uint64_t> consumed{0};  // bytes ever taken by the parent
 };

@@ -130,6 +130,21 @@ inline void run_one(std::size_t index, const TaskRunner& run, const Options& opt
   }
 }
 
+// Every byte ever written to the result pipe: what the parent has read plus what is still queued.
+inline std::uint64_t bytes_ever_written(int result_fd, SharedBlock* shared) noexcept {
+  for (;;) {
+    std::uint64_t seq = shared->pipe_read_seq.load(std::memory_order_acquire);
+    if (seq & 1) {  // the parent is in the middle of a read
+      sched_yield();
+      continue;
+    }
+    std::uint64_t total = shared->pipe_read_total.load(std::memory_order_acquire);
+    int queued = 0;
+    if (::ioctl(result_fd, FIONREAD, &queued) != 0) queued = 0;
+    if (shared->pipe_read_seq.load(std::memory_order_acquire) == seq) return total + static_cast<std::uint64_t>(queued);
+  }
+}
+
 [[noreturn]] inline void worker_loop(int task_fd, int result_fd, SharedBlock* shared, char* ring, const TaskRunner& run,
                                      const Options& opt) {
   std::uint64_t indices[max_pipeline_depth];
@@ -162,10 +177,9 @@ inline void run_one(std::size_t index, const TaskRunner& run, const Options& opt
       arm_cpu_limit(opt);
       // Only the parent reads this pipe, so its byte count can grow during a function only if
       // the function (or something it started) wrote to it.
-      int queued_before = 0, queued_after = 0;
-      ::ioctl(result_fd, FIONREAD, &queued_before);
+      const std::uint64_t written_before = bytes_ever_written(result_fd, shared);
       run_one(static_cast<std::size_t>(indices[k]), run, opt, frame);
-      if (::ioctl(result_fd, FIONREAD, &queued_after) == 0 && queued_after > queued_before) {
+      if (bytes_ever_written(result_fd, shared) > written_before) {
         std::uint64_t none = 0;
         shared->corrupted_by.compare_exchange_strong(none, indices[k] + 1);
       }
@@ -540,7 +554,13 @@ class Pool {
       want = std::max(want, std::min(missing, std::max(held, read_chunk)));
     }
     if (w.buf.size() - w.have < want) w.buf.resize(w.have + want);
+    SharedBlock* block = w.shared ? w.shared.block() : nullptr;
+    if (block) block->pipe_read_seq.fetch_add(1, std::memory_order_acq_rel);
     ssize_t got = read_some(w.result_r.get(), w.buf.data() + w.have, w.buf.size() - w.have);
+    if (block) {
+      if (got > 0) block->pipe_read_total.fetch_add(static_cast<std::uint64_t>(got), std::memory_order_acq_rel);
+      block->pipe_read_seq.fetch_add(1, std::memory_order_acq_rel);
+    }
     if (got > 0) {
       w.have += static_cast<std::size_t>(got);
       return got;
@@ -571,48 +591,36 @@ class Pool {
   // Takes every complete frame, from the ring or the pipe, in the order the worker ran them.
   // Returns false if the worker is gone (killed for a protocol error, or retired).
   bool collect(Worker& w) {
+    bool pipe_fresh = false;
     try {
       for (;;) {
-        // Doorbells only say "look at the ring".
-        while (w.have - w.consumed >= frame_header_size &&
-               frame_kind({w.buf.data() + w.consumed, frame_header_size}) == frame_kind_doorbell) {
-          frame_size({w.buf.data() + w.consumed, w.have - w.consumed}, max_frame());  // validates the header
-          w.consumed += frame_header_size;
+        std::string_view from_ring = ring_frame(w);
+        if (!from_ring.empty() && !pipe_fresh) {
+          // Whatever reached the pipe before this ring frame is readable now: read it first, so
+          // the two streams are merged in the order they were written.
+          pipe_fresh = true;
+          if (w.result_r) read_pipe(w);
         }
-        std::string_view from_ring;
-        if (std::size_t avail = w.ring.available(); avail >= frame_header_size) {
-          std::string_view head = w.ring.peek(frame_header_size, scratch_);
-          std::optional<std::size_t> size = frame_size(head, max_frame());
-          if (frame_kind(head) != frame_kind_result || *size > avail)
-            throw error("pfp: protocol error: a malformed frame in the worker's shared ring");
-          from_ring = w.ring.peek(*size, scratch_);
-          if (!w.queue.empty() && frame_index(from_ring) == w.queue.front()) {  // the common case
-            accept(w, decode_result_frame(from_ring, max_frame()));
-            w.ring.advance(from_ring.size());
-            if (retire_if_done(w)) return false;
-            continue;
-          }
-        }
-        std::string_view from_pipe(w.buf.data() + w.consumed, w.have - w.consumed);
-        std::optional<std::size_t> pipe_size = frame_size(from_pipe, max_frame());
-        if (pipe_size && from_pipe.size() >= *pipe_size) {
-          from_pipe = from_pipe.substr(0, *pipe_size);
-        } else {
-          from_pipe = {};
-        }
+        skip_doorbells(w);
+        std::string_view from_pipe = pipe_frame(w);
         if (from_ring.empty() && from_pipe.empty()) break;
-        if (w.queue.empty()) throw error("pfp: protocol error: a frame arrived from a worker that holds no function");
-        const std::size_t expected = w.queue.front();
-        if (!from_ring.empty() && frame_index(from_ring) == expected) {
-          accept(w, decode_result_frame(from_ring, max_frame()));
-          w.ring.advance(from_ring.size());
-        } else if (!from_pipe.empty() && frame_index(from_pipe) == expected) {
+        const bool has_expected = !w.queue.empty();
+        const std::size_t expected = has_expected ? w.queue.front() : 0;
+        if (has_expected && !from_pipe.empty() && frame_index(from_pipe) == expected) {
           accept(w, decode_result_frame(from_pipe, max_frame()));
           w.consumed += from_pipe.size();
+        } else if (has_expected && !from_ring.empty() && frame_index(from_ring) == expected) {
+          accept(w, decode_result_frame(from_ring, max_frame()));
+          w.ring.advance(from_ring.size());
+        } else if (!from_ring.empty() && !holds(w, frame_index(from_ring))) {
+          // The worker's own frame for a function whose result already came through the pipe
+          // (written there by the function itself): the first one delivered stands.
+          w.ring.advance(from_ring.size());
         } else if (!from_pipe.empty()) {
           // The worker sends in the order it runs: the expected frame would already be readable.
           throw error("pfp: protocol error: a frame for function " + std::to_string(frame_index(from_pipe)) +
-                      " arrived while function " + std::to_string(expected) + " was running");
+                      (has_expected ? " arrived while function " + std::to_string(expected) + " was running"
+                                    : " arrived from a worker that holds no function"));
         } else {
           break;  // the expected frame is still on its way through the pipe
         }
@@ -634,6 +642,37 @@ class Pool {
     return true;
   }
 
+  // The next whole frame in the worker's ring, or an empty view.
+  std::string_view ring_frame(Worker& w) {
+    std::size_t avail = w.ring.available();
+    if (avail < frame_header_size) return {};
+    std::string_view head = w.ring.peek(frame_header_size, scratch_);
+    std::optional<std::size_t> size = frame_size(head, max_frame());
+    if (frame_kind(head) != frame_kind_result || *size > avail)
+      throw error("pfp: protocol error: a malformed frame in the worker's shared ring");
+    return w.ring.peek(*size, scratch_);
+  }
+
+  // The next whole frame in the pipe buffer, or an empty view.
+  std::string_view pipe_frame(Worker& w) {
+    std::string_view rest(w.buf.data() + w.consumed, w.have - w.consumed);
+    std::optional<std::size_t> size = frame_size(rest, max_frame());
+    return size && rest.size() >= *size ? rest.substr(0, *size) : std::string_view();
+  }
+
+  // Doorbells only say "look at the ring".
+  void skip_doorbells(Worker& w) {
+    while (w.have - w.consumed >= frame_header_size &&
+           frame_kind({w.buf.data() + w.consumed, frame_header_size}) == frame_kind_doorbell) {
+      frame_size({w.buf.data() + w.consumed, w.have - w.consumed}, max_frame());  // validates the header
+      w.consumed += frame_header_size;
+    }
+  }
+
+  static bool holds(const Worker& w, std::size_t index) {
+    return std::find(w.queue.begin(), w.queue.end(), index) != w.queue.end();
+  }
+
   // The worker's stream is corrupt: something wrote on its result pipe that the worker did not
   // (a function writing to descriptors it does not own, a process it left behind), or its ring was
   // overwritten. The worker is killed; every whole frame in its ring was written by the worker
@@ -645,19 +684,26 @@ class Pool {
     wait_pid(w.pid, &ignored, 0);
     try {
       while (!w.queue.empty()) {
-        std::size_t avail = w.ring.available();
-        if (avail < frame_header_size) break;
-        std::string_view head = w.ring.peek(frame_header_size, scratch_);
-        std::optional<std::size_t> size = frame_size(head, max_frame());
-        if (frame_kind(head) != frame_kind_result || *size > avail) break;
-        std::string_view frame = w.ring.peek(*size, scratch_);
-        if (frame_index(frame) != w.queue.front()) break;
-        accept(w, decode_result_frame(frame, max_frame()));
-        w.ring.advance(*size);
+        std::string_view frame = ring_frame(w);
+        if (frame.empty()) break;
+        std::size_t index = frame_index(frame);
+        if (index == w.queue.front()) {
+          accept(w, decode_result_frame(frame, max_frame()));
+        } else if (holds(w, index)) {
+          break;
+        }
+        w.ring.advance(frame.size());
       }
     } catch (const error&) {
     }
     const std::uint64_t culprit = w.shared.block()->corrupted_by.load(std::memory_order_acquire);
+    // A culprit that already has its verdict from this worker loses it: what it sent cannot be trusted.
+    if (culprit != 0 && !holds(w, culprit - 1) && results_[culprit - 1].pid == static_cast<int>(w.pid)) {
+      Result& r = results_[culprit - 1];
+      r.status = Status::crashed;
+      r.result = Value();
+      r.error = why + " (this function wrote to pfp's result pipe)";
+    }
     if (!w.queue.empty() && head_began(w) && culprit != 0 && culprit != w.queue.front() + 1 &&
         protocol_strikes_.insert(w.queue.front()).second) {
       std::size_t again = w.queue.front();
@@ -744,7 +790,9 @@ class Pool {
   // verdict; the ones queued behind it never started and go back to the front of the line.
   void settle_queue(Worker& w, Status status, const std::string& why) {
     if (w.queue.empty()) return;
-    const bool began = status == Status::timed_out || head_began(w).has_value();
+    // A head that never began is innocent even of a timeout: the worker was stuck in a function
+    // that had already delivered its result (or in flushing its output), not in this one.
+    const bool began = head_began(w).has_value();
     if (began) {
       Result& r = results_[w.queue.front()];
       r.status = status;

@@ -1,0 +1,254 @@
+#!/usr/bin/env python3
+"""Turns the RESULT lines of bench/run.sh's runs into the Markdown table and goal checklist.
+
+Usage: aggregate.py [--quick] <results dir>
+The directory holds run<N>.floors.txt, run<N>.pfp.txt, run<N>.python.txt (any may be missing) and
+machine.txt. Values are medians over runs; ratios are computed within each run (the floor, pfp and
+Python figures of one run were measured back to back) and their median is reported.
+"""
+import glob
+import os
+import re
+import statistics
+import sys
+
+# (label, floor key, pfp key, python key, unit, better). {placeholders} are filled from the runs' sizes.
+ROWS = [
+    ("**1. {trivial_n} trivial functions, 2 workers** — pfp: register + execute_parallel, every Result built; "
+     "floor: pre-forked pool, indices in batches of 256; Python: `Pool(2).map` of {py_trivial_n}, default chunking",
+     "pool_batch256_us", "pfp_trivial_total_us", "py_pool_default_us", "µs/function", "lower"),
+    ("1. … pfp execute_parallel() only", "pool_batch256_us", "pfp_trivial_run_us", "py_pool_default_us",
+     "µs/function", "lower"),
+    ("1. … pfp registration only", None, "pfp_trivial_reg_us", None, "µs/function", "lower"),
+    ("1. floor: pool, 1 task in flight per worker, strict request/reply (vs pfp total)", "pool_rr1_us",
+     "pfp_trivial_total_us", None, "µs/task", "lower"),
+    ("1. floor: pool, 16 tasks in flight per worker (vs pfp total)", "pool_rr16_us", "pfp_trivial_total_us", None,
+     "µs/task", "lower"),
+    ("1. Python: `ProcessPoolExecutor(2).map` of {py_ppe_c1_n}, chunksize 1 (vs pfp total)", None,
+     "pfp_trivial_total_us", "py_ppe_c1_us", "µs/function", "lower"),
+    ("1. Python: `ProcessPoolExecutor(2).map` of {py_trivial_n}, chunksize 1000 (vs pfp total)", None,
+     "pfp_trivial_total_us", "py_ppe_c1000_us", "µs/function", "lower"),
+    ("1. Python: `Pool(2).map` of {py_pool_c1_n}, chunksize 1 (vs pfp total)", None, "pfp_trivial_total_us",
+     "py_pool_c1_us", "µs/function", "lower"),
+    ("1. Python: `Pool(2).map`, default chunking, pool start-up included (vs pfp total)", None,
+     "pfp_trivial_total_us", "py_pool_default_startup_us", "µs/function", "lower"),
+    ("**2. a fresh process per function** — pfp: `max_tasks_per_worker = 1`, {fork_n} functions, 2 workers; "
+     "floor: fork + 100-byte pipe reply + `_exit` + waitpid, one at a time; Python: pypfp-style, a Process per "
+     "function + a Queue, {py_pypfp_n} functions", "fork_us", "pfp_fork_us", "py_pypfp_us", "µs/function", "lower"),
+    ("2. floor: the same with 2 children alive at a time", "fork2_us", "pfp_fork_us", None, "µs/function", "lower"),
+    ("2. floor: one at a time, the parent holding {floor_bytes} of touched heap (for reference)", "fork_bigheap_us",
+     None, None, "µs/function", "lower"),
+    ("**3. one big result** — pfp: {pfp_bytes} `Value::bytes`, wall time − Result::duration; floor: {floor_bytes} "
+     "through a pipe with a 1 MiB buffer; Python: {py_bytes} bytes through `ProcessPoolExecutor`",
+     "pipe_gbps", "pfp_bytes_gbps", "py_bytes_gbps", "GB/s", "higher"),
+    ("3. floor: pipe with the default 64 KiB buffer", "pipe64k_gbps", "pfp_bytes_gbps", None, "GB/s", "higher"),
+    ("3. floor: shared-memory handoff (child fills a pre-faulted MAP_SHARED {floor_bytes}, parent sums it)",
+     "shm_gbps", "pfp_bytes_gbps", None, "GB/s", "higher"),
+    ("3. floor: memcpy of {floor_bytes} in one process", "memcpy_gbps", "pfp_bytes_gbps", None, "GB/s", "higher"),
+    ("**4. CPU-bound**: 8 equal tasks (~{cpu_ms} ms of integer hashing each) on 2 processes, speedup over "
+     "sequential", "cpu_speedup", "pfp_cpu_speedup", None, "×", "higher"),
+    ("**5. parent memory per registered function** (RSS growth / {mem_n} registrations)", None,
+     "pfp_mem_reg_bytes_per_fn", None, "bytes", "lower"),
+    ("5. … after running them all (Results included)", None, "pfp_mem_run_bytes_per_fn", None, "bytes", "lower"),
+    ("5. RSS after the 1st run of one processor ({repeat_n} functions)", None, "pfp_rss_run1_kib", None, "KiB",
+     "lower"),
+    ("5. RSS after the 20th run of the same processor", None, "pfp_rss_run20_kib", None, "KiB", "lower"),
+    ("**6. execute_parallel() → first function running**, 2 workers, median of 20 (floor: fork() → child "
+     "running)", "fork_latency_us", "pfp_latency_us", None, "µs", "lower"),
+]
+
+# placeholder -> (key, kind)
+SIZES = {
+    "trivial_n": ("pfp_trivial_n", "count"), "fork_n": ("pfp_fork_n", "count"),
+    "mem_n": ("pfp_mem_functions", "count"), "repeat_n": ("pfp_repeat_n", "count"),
+    "pfp_bytes": ("pfp_bytes_size", "bytes"), "floor_bytes": ("size_bytes", "bytes"),
+    "py_bytes": ("py_bytes_size", "bytes"), "cpu_ms": ("cpu_task_ms", "ms"),
+    "py_trivial_n": ("py_trivial_n", "count"), "py_ppe_c1_n": ("py_ppe_c1_n", "count"),
+    "py_pool_c1_n": ("py_pool_c1_n", "count"), "py_pypfp_n": ("py_pypfp_n", "count"),
+}
+
+
+def size_text(value, kind):
+    if value is None:
+        return "?"
+    if kind == "count":
+        return f"{value:,.0f}"
+    if kind == "ms":
+        return f"{value:.0f}"
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if value >= (1 << shift):
+            return f"{value / (1 << shift):g} {unit}"
+    return f"{value:.0f} bytes"
+
+
+def load(directory):
+    runs = {}
+    for path in glob.glob(os.path.join(directory, "run*.*.txt")):
+        m = re.match(r"run(\d+)\.(\w+)\.txt$", os.path.basename(path))
+        if not m:
+            continue
+        run = runs.setdefault(int(m.group(1)), {})
+        with open(path, errors="replace") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[0] == "RESULT":
+                    try:
+                        run[parts[1]] = float(parts[2])
+                    except ValueError:
+                        pass
+    return [runs[k] for k in sorted(runs)]
+
+
+def med(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def values(runs, key):
+    return [r[key] for r in runs if key and key in r]
+
+
+def ratios(runs, num, den):
+    out = []
+    for r in runs:
+        if num in r and den in r and r[den] > 0:
+            out.append(r[num] / r[den])
+    return out
+
+
+def fmt(x):
+    if x is None:
+        return "—"
+    a = abs(x)
+    if a >= 1000:
+        return f"{x:,.0f}"
+    if a >= 100:
+        return f"{x:.0f}"
+    if a >= 10:
+        return f"{x:.1f}"
+    if a >= 1:
+        return f"{x:.2f}"
+    if a >= 0.1:
+        return f"{x:.3f}"
+    return f"{x:.3g}"
+
+
+def fmt_ratio(x):
+    if x is None:
+        return "—"
+    if x >= 100:
+        return f"{x:,.0f}×"
+    if x >= 10:
+        return f"{x:.1f}×"
+    return f"{x:.2f}×"
+
+
+def main():
+    args = sys.argv[1:]
+    quick = "--quick" in args
+    args = [a for a in args if a != "--quick"]
+    if len(args) != 1:
+        print(__doc__, file=sys.stderr)
+        return 2
+    directory = args[0]
+    runs = load(directory)
+    machine = os.path.join(directory, "machine.txt")
+    if os.path.exists(machine):
+        with open(machine) as f:
+            sys.stdout.write(f.read())
+    print(f"Runs: {len(runs)}. Values are medians over the runs; each ratio is the median of the ratios "
+          "measured within one run (floor, pfp and Python back to back). Ratios divide the values as "
+          "printed: for µs and bytes lower is better, for GB/s and × higher is better.\n")
+    print("| workload | unit | floor | pfp | Python | pfp/floor | Python/pfp |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    sizes = {name: size_text(med(values(runs, key)), kind) for name, (key, kind) in SIZES.items()}
+    for label, fk, pk, yk, unit, better in ROWS:
+        label = label.format(**sizes)
+        unit_txt = f"{unit} ({'↓' if better == 'lower' else '↑'})"
+        f = med(values(runs, fk)) if fk else None
+        p = med(values(runs, pk)) if pk else None
+        y = med(values(runs, yk)) if yk else None
+        pf = med(ratios(runs, pk, fk)) if fk and pk else None
+        yp = med(ratios(runs, yk, pk)) if yk and pk else None
+        print(f"| {label} | {unit_txt} | {fmt(f)} | {fmt(p)} | {fmt(y)} | {fmt_ratio(pf)} | {fmt_ratio(yp)} |")
+
+    def r(num, den):
+        return med(ratios(runs, num, den))
+
+    def spread(num, den):
+        rs = ratios(runs, num, den)
+        return f" [runs: {fmt_ratio(min(rs))}–{fmt_ratio(max(rs))}]" if len(rs) > 1 else ""
+
+    def v(key):
+        return med(values(runs, key))
+
+    print("\n### Goals (issue 6)\n")
+    if quick:
+        print("_Quick mode: one run with reduced sizes, to check that everything runs; the verdicts below "
+              "are not meaningful._\n")
+    lines = []
+
+    def goal(n, text, met, detail):
+        if isinstance(met, str):
+            state = f"**{met}**"
+        else:
+            state = "n/a (not measured)" if met is None else ("**met**" if met else "**not met**")
+        lines.append(f"{n}. {text}: {state} — {detail}")
+
+    # 1
+    g1 = r("py_pool_default_us", "pfp_trivial_total_us")
+    g1run = r("py_pool_default_us", "pfp_trivial_run_us")
+    g1ppe = r("py_ppe_c1_us", "pfp_trivial_total_us")
+    goal(1, f"{sizes['trivial_n']} trivial functions faster per function than `multiprocessing.Pool(2).map` (default chunking)",
+         None if g1 is None else g1 >= 1.0,
+         f"Pool/pfp = {fmt_ratio(g1)}{spread('py_pool_default_us', 'pfp_trivial_total_us')} with registration included ({fmt_ratio(g1run)} for execute_parallel() "
+         f"alone; need ≥ 1×); pfp {fmt(v('pfp_trivial_total_us'))} µs vs Pool {fmt(v('py_pool_default_us'))} µs; "
+         f"ProcessPoolExecutor chunksize 1 / pfp = {fmt_ratio(g1ppe)} (the issue expects > 400×)")
+    # 2
+    g2f = r("pfp_fork_us", "fork_us")
+    g2p = r("py_pypfp_us", "pfp_fork_us")
+    met2 = None if g2f is None else (g2f <= 1.25 and (g2p is None or g2p >= 8))
+    goal(2, "a fresh process per function within 1.25× of fork + pipe + waitpid, ≥ 8× faster than pypfp-style",
+         met2, f"pfp/floor = {fmt_ratio(g2f)}{spread('pfp_fork_us', 'fork_us')} (need ≤ 1.25×; pfp {fmt(v('pfp_fork_us'))} µs vs floor "
+         f"{fmt(v('fork_us'))} µs); pypfp-style/pfp = {fmt_ratio(g2p)}{spread('py_pypfp_us', 'pfp_fork_us')} (need ≥ 8×)")
+    # 3
+    g3 = r("pfp_bytes_gbps", "pipe_gbps")
+    goal(3, f"one {sizes['pfp_bytes']} result at ≥ 1.5× the raw pipe throughput", None if g3 is None else g3 >= 1.5,
+         f"pfp/pipe = {fmt_ratio(g3)}{spread('pfp_bytes_gbps', 'pipe_gbps')} (pfp {fmt(v('pfp_bytes_gbps'))} GB/s vs pipe {fmt(v('pipe_gbps'))} GB/s)")
+    # 4
+    g4 = r("pfp_cpu_speedup", "cpu_speedup")
+    floor4 = v("cpu_speedup")
+    detail4 = f"pfp/floor = {fmt_ratio(g4)}{spread('pfp_cpu_speedup', 'cpu_speedup')} (pfp {fmt(v('pfp_cpu_speedup'))}× vs floor {fmt(floor4)}×)"
+    if floor4 is not None and floor4 < 1.3:
+        goal(4, "CPU-bound speedup ≥ 0.95× that of two hand-forked processes", "inconclusive",
+             detail4 + "; the floor itself barely sped up, so the second core was mostly taken by other work "
+             "during these runs")
+    else:
+        goal(4, "CPU-bound speedup ≥ 0.95× that of two hand-forked processes", None if g4 is None else g4 >= 0.95,
+             detail4)
+    # 5
+    per_fn = v("pfp_mem_reg_bytes_per_fn")
+    run1, run20 = v("pfp_rss_run1_kib"), v("pfp_rss_run20_kib")
+    growth = med([r_["pfp_rss_run20_kib"] - r_["pfp_rss_run1_kib"] for r_ in runs
+                  if "pfp_rss_run20_kib" in r_ and "pfp_rss_run1_kib" in r_])
+    met5 = None
+    if per_fn is not None and growth is not None:
+        met5 = per_fn <= 1024 and growth <= max(0.05 * run1, 1024)
+    goal(5, "parent memory bounded per function (here: ≤ 1 KiB) and flat over repeated runs "
+         "(here: 20th run ≤ 1st + max(5 %, 1 MiB))", met5,
+         f"{fmt(per_fn)} bytes per registered function ({sizes['mem_n']} registrations), {fmt(v('pfp_mem_run_bytes_per_fn'))} after the run; "
+         f"RSS {fmt(run1)} KiB after run 1, {fmt(run20)} KiB after run 20 (growth {fmt(growth)} KiB)")
+    # 6
+    lat = v("pfp_latency_us")
+    goal(6, "execute_parallel() → first function running under 1 ms", None if lat is None else lat < 1000,
+         f"median {fmt(lat)} µs [runs: {fmt(min(values(runs, 'pfp_latency_us'), default=None))}–"
+         f"{fmt(max(values(runs, 'pfp_latency_us'), default=None))} µs] (fork floor {fmt(v('fork_latency_us'))} µs)")
+    print("\n".join(lines))
+    fails = [r_.get("pfp_failures") for r_ in runs if "pfp_failures" in r_]
+    if any(fails):
+        print(f"\npfp correctness failures in the runs: {fails}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

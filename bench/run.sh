@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# pfp's benchmark suite (issue 6): builds bench/floors.c and bench/pfp_bench.cpp with -O2, runs the
+# hand-written floors, pfp and the Python baselines (when python3 is present) N times, and prints
+# a Markdown table of medians with a goal checklist.
+#
+#   bench/run.sh [--quick] [--runs N] [--out DIR]
+#
+#   --quick   one run with small sizes (< ~60 s): checks that everything builds and runs and that
+#             every pfp Result is ok and correct. Exits non-zero on any failure.
+#   --runs N  number of runs (default 5; quick: 1). Floors and pfp alternate in order from one run
+#             to the next; ratios are taken within a run and their median reported.
+#   --out DIR where the raw RESULT lines go (default: bench/build/results-<date>)
+#
+# Environment: CXX (default g++), CC (default: the C compiler beside CXX, else cc),
+#              BENCH_CXXFLAGS / BENCH_CFLAGS (extra flags), PYTHON (default python3),
+#              PFP_INCLUDE (default: bench/../include; e.g. a `git archive` export of another commit).
+set -u
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+quick=0
+runs=""
+out=""
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --quick) quick=1 ;;
+    --runs) runs="${2:?--runs needs a number}"; shift ;;
+    --out) out="${2:?--out needs a directory}"; shift ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+[[ -z "$runs" ]] && runs=$([[ $quick == 1 ]] && echo 1 || echo 5)
+[[ "$runs" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: --runs wants a positive number" >&2; exit 2; }
+qflag=()
+[[ $quick == 1 ]] && qflag=(--quick)
+
+CXX="${CXX:-g++}"
+if [[ -z "${CC:-}" ]]; then
+  case "$CXX" in
+    *clang++*) CC="${CXX/clang++/clang}" ;;
+    *g++*) CC="${CXX/g++/gcc}" ;;
+    *) CC=cc ;;
+  esac
+  command -v "$CC" >/dev/null 2>&1 || CC=cc
+fi
+PYTHON="${PYTHON:-python3}"
+include="${PFP_INCLUDE:-$here/../include}"
+have_python=0
+command -v "$PYTHON" >/dev/null 2>&1 && have_python=1
+
+[[ -z "$out" ]] && out="$here/build/results-$(date +%Y%m%d-%H%M%S)"  # bench/build is ignored by git (build*/)
+mkdir -p "$out" || exit 1
+build="$out"  # the binaries live beside their results, so concurrent runs do not clobber each other
+
+echo "== build ($CC, $CXX, -O2)" >&2
+# shellcheck disable=SC2086
+"$CC" -O2 -std=c11 -Wall -Wextra ${BENCH_CFLAGS:-} -o "$build/floors" "$here/floors.c" || { echo "run.sh: building floors failed" >&2; exit 1; }
+# shellcheck disable=SC2086
+"$CXX" -O2 -std=c++17 -Wall -Wextra -I"$include" ${BENCH_CXXFLAGS:-} -o "$build/pfp_bench" "$here/pfp_bench.cpp" ||
+  { echo "run.sh: building pfp_bench failed" >&2; exit 1; }
+
+commit="$(git -C "$here/.." rev-parse --short HEAD 2>/dev/null || echo unknown)"
+dirty=""
+[[ -n "$(git -C "$here/.." status --porcelain -- include 2>/dev/null)" ]] && dirty=" (include/ has uncommitted changes)"
+{
+  echo "Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | sed 's/.*: //')), Linux $(uname -r)," \
+       "$(free -g 2>/dev/null | awk '/^Mem:/ {print $2 " GiB RAM"}')"
+  echo "Compilers: $("$CXX" --version | head -1); $("$CC" --version | head -1)"
+  if [[ $have_python == 1 ]]; then echo "Python: $("$PYTHON" --version 2>&1)"; else echo "Python: not found (column empty)"; fi
+  [[ -n "${PFP_INCLUDE:-}" ]] && { commit="headers from $include"; dirty=""; }
+  echo "pfp: $commit$dirty; mode: $([[ $quick == 1 ]] && echo quick || echo full), $runs run(s); $(date -u '+%Y-%m-%d %H:%M UTC')"
+  echo "Load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)"
+} >"$out/machine.txt"
+
+limit=$([[ $quick == 1 ]] && echo 120 || echo 600)
+failed=()
+run_one() {  # name run-number command...
+  local name="$1" i="$2"
+  shift 2
+  local file="$out/run$i.$name.txt"
+  local t0=$SECONDS
+  timeout --signal=KILL "$limit" "$@" >"$file" 2>"$out/run$i.$name.err"
+  local rc=$?
+  echo "   $name: $((SECONDS - t0)) s, exit $rc" >&2
+  if [[ $rc != 0 ]]; then
+    failed+=("run $i $name (exit $rc)")
+    grep '^FAIL' "$file" >&2
+    tail -5 "$out/run$i.$name.err" >&2
+  fi
+}
+
+start=$SECONDS
+for ((i = 1; i <= runs; i++)); do
+  echo "== run $i/$runs" >&2
+  if ((i % 2)); then
+    run_one floors "$i" "$build/floors" ${qflag[@]+"${qflag[@]}"}
+    run_one pfp "$i" "$build/pfp_bench" ${qflag[@]+"${qflag[@]}"}
+  else
+    run_one pfp "$i" "$build/pfp_bench" ${qflag[@]+"${qflag[@]}"}
+    run_one floors "$i" "$build/floors" ${qflag[@]+"${qflag[@]}"}
+  fi
+  [[ $have_python == 1 ]] && run_one python "$i" "$PYTHON" "$here/python_baselines.py" ${qflag[@]+"${qflag[@]}"}
+done
+echo "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg); the runs took $((SECONDS - start)) s" >>"$out/machine.txt"
+echo >>"$out/machine.txt"
+echo "== done in $((SECONDS - start)) s; raw results in $out" >&2
+echo >&2
+
+if [[ $have_python == 1 ]]; then
+  "$PYTHON" "$here/aggregate.py" ${qflag[@]+"${qflag[@]}"} "$out"
+else
+  # Without python3: medians of each key, no table.
+  cat "$out/machine.txt"
+  cat "$out"/run*.txt | awk '$1 == "RESULT" { v[$2] = v[$2] " " $3; u[$2] = $4 }
+    END { for (k in v) { n = split(substr(v[k], 2), a, " ");
+            for (i = 2; i <= n; i++) { x = a[i]; j = i - 1; while (j > 0 && a[j] + 0 > x + 0) { a[j + 1] = a[j]; j-- } a[j + 1] = x }
+            m = (n % 2) ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2;
+            printf "%-28s %12.6g %s\n", k, m, u[k] } }' | sort
+fi
+
+if ((${#failed[@]})); then
+  echo >&2
+  echo "FAILED: ${failed[*]}" >&2
+  exit 1
+fi
+exit 0
