@@ -38,18 +38,6 @@ struct not_an_exception {
 
 namespace {
 
-Options opts(unsigned workers, unsigned max_tasks = 0, long timeout_ms = 0) {
-  Options o;
-  o.workers = workers;
-  o.max_tasks_per_worker = max_tasks;
-  o.timeout = std::chrono::milliseconds(timeout_ms);
-  return o;
-}
-
-std::string describe(const Result& r) {
-  return "#" + std::to_string(r.index) + " " + r.function_name + " status=" + std::string(pfp::to_string(r.status)) +
-         " error='" + r.error + "' pid=" + std::to_string(r.pid) + " result=" + r.result.to_json();
-}
 
 using Fn = Value (*)(const Value&, const Args&);
 

@@ -13,6 +13,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <pfp/pfp.hpp>
+
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
@@ -459,6 +461,22 @@ inline std::string exec_capture(const std::vector<std::string>& argv) {
   while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
   }
   return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Options and Results
+
+inline pfp::Options opts(unsigned workers, unsigned max_tasks = 0, long timeout_ms = 0) {
+  pfp::Options o;
+  o.workers = workers;
+  o.max_tasks_per_worker = max_tasks;
+  o.timeout = std::chrono::milliseconds(timeout_ms);
+  return o;
+}
+
+inline std::string describe(const pfp::Result& r) {
+  return "#" + std::to_string(r.index) + " " + r.function_name + " status=" + std::string(pfp::to_string(r.status)) +
+         " error='" + r.error + "' pid=" + std::to_string(r.pid) + " result=" + r.result.to_json();
 }
 
 }  // namespace pfp_test
