@@ -1,6 +1,7 @@
 // MultiProcessor::cancel(): from another thread, from a signal handler, with grandchildren of the
 // function, without a run in progress, and a run after a cancelled run. Linux only (uses /proc).
 #include "pfp_catch.hpp"
+#include "test_support.hpp"
 
 #include <pfp/pfp.hpp>
 
@@ -29,99 +30,8 @@
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
-
-long long elapsed_ms(Clock::time_point since) {
-  return std::chrono::duration_cast<milliseconds>(Clock::now() - since).count();
-}
-
-/// CLOCK_MONOTONIC in ns; async-signal-safe (clock_gettime is).
-long long mono_ns() noexcept {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<long long>(ts.tv_sec) * 1000000000LL + ts.tv_nsec;
-}
-
-void sleep_ms(long n) { std::this_thread::sleep_for(milliseconds(n)); }
-
-bool wait_until(const std::function<bool()>& pred, milliseconds timeout) {
-  const auto deadline = Clock::now() + timeout;
-  while (!pred()) {
-    if (Clock::now() >= deadline) return pred();
-    sleep_ms(5);
-  }
-  return true;
-}
-
-std::set<int> open_fds() {
-  std::set<int> fds;
-  DIR* d = opendir("/proc/self/fd");
-  if (!d) return fds;
-  const int self = dirfd(d);
-  while (dirent* e = readdir(d)) {
-    if (e->d_name[0] == '.') continue;
-    const int fd = std::atoi(e->d_name);
-    if (fd != self) fds.insert(fd);
-  }
-  closedir(d);
-  return fds;
-}
-
-std::string to_string(const std::set<int>& fds) {
-  std::string s;
-  for (int fd : fds) s += (s.empty() ? "" : ",") + std::to_string(fd);
-  return s;
-}
-
-/// Fields of /proc/<pid>/stat after "(comm)": [0] = state, [1] = ppid. Empty if no such process.
-std::vector<std::string> stat_fields(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  if (!in || !std::getline(in, line)) return {};
-  const auto close = line.rfind(')');
-  if (close == std::string::npos) return {};
-  std::istringstream rest(line.substr(close + 1));
-  std::vector<std::string> f;
-  for (std::string x; rest >> x;) f.push_back(x);
-  return f;
-}
-
-/// Every process (zombies included) whose parent is this process.
-std::vector<pid_t> child_pids() {
-  std::vector<pid_t> kids;
-  const pid_t self = getpid();
-  DIR* d = opendir("/proc");
-  if (!d) return kids;
-  while (dirent* e = readdir(d)) {
-    char* end = nullptr;
-    const long pid = std::strtol(e->d_name, &end, 10);
-    if (pid <= 0 || *end != 0) continue;
-    auto f = stat_fields(static_cast<pid_t>(pid));
-    if (f.size() > 1 && std::atol(f[1].c_str()) == self) kids.push_back(static_cast<pid_t>(pid));
-  }
-  closedir(d);
-  return kids;
-}
-
-std::string to_string(const std::vector<pid_t>& pids) {
-  std::string s;
-  for (pid_t p : pids) {
-    auto f = stat_fields(p);
-    s += (s.empty() ? "" : " ") + std::to_string(p) + ":" + (f.empty() ? "?" : f[0]);
-  }
-  return s;
-}
-
-/// The process can still run code: it exists and is neither a zombie nor dead.
-bool alive(pid_t pid) {
-  if (pid <= 0) return false;
-  if (kill(pid, 0) == -1 && errno == ESRCH) return false;
-  auto f = stat_fields(pid);
-  if (f.empty() || f[0].empty()) return false;
-  const char st = f[0][0];
-  return st != 'Z' && st != 'X' && st != 'x';
-}
+using namespace pfp_test;
 
 /// An anonymous MAP_SHARED page holding T: what a worker (or its children) store there, the test sees.
 template <class T>
@@ -288,7 +198,7 @@ struct SpawnGrandchild {
 };
 
 bool gone_within(pid_t pid, milliseconds limit) {
-  return wait_until([pid] { return !alive(pid); }, limit);
+  return wait_until([pid] { return !pid_running(pid); }, limit);
 }
 
 }  // namespace
@@ -326,11 +236,11 @@ TEST_CASE("cancel from another thread stops a run of 1000 queued functions promp
     CHECK(mp.results().size() == static_cast<std::size_t>(kQueued));
 
     const auto kids = child_pids();
-    INFO("children left: " << to_string(kids));
+    INFO("children left: " << pids_to_string(kids));
     CHECK(kids.empty());
   }
   const std::set<int> fds_after = open_fds();
-  INFO("fds before: " << to_string(fds_before) << "  after: " << to_string(fds_after));
+  INFO("fds before: " << fds_to_string(fds_before) << "  after: " << fds_to_string(fds_after));
   CHECK(fds_after == fds_before);
 }
 
@@ -373,11 +283,11 @@ TEST_CASE("cancel from a SIGALRM handler stops a run of 1000 queued functions pr
     check_cancelled_run(rs, kQueued);
 
     const auto kids = child_pids();
-    INFO("children left: " << to_string(kids));
+    INFO("children left: " << pids_to_string(kids));
     CHECK(kids.empty());
   }
   const std::set<int> fds_after = open_fds();
-  INFO("fds before: " << to_string(fds_before) << "  after: " << to_string(fds_after));
+  INFO("fds before: " << fds_to_string(fds_before) << "  after: " << fds_to_string(fds_after));
   CHECK(fds_after == fds_before);
 }
 
@@ -394,7 +304,7 @@ TEST_CASE("cancel kills the grandchildren of a running function", "[cancel]") {
   std::atomic<long long> cancel_ns{0};
   std::thread canceller([&] {
     wait_until([&] { return grandchild->load() != 0; }, milliseconds(20000));
-    was_alive.store(alive(static_cast<pid_t>(grandchild->load())));
+    was_alive.store(pid_running(static_cast<pid_t>(grandchild->load())));
     cancel_ns.store(mono_ns());
     mp.cancel();
   });
