@@ -15,6 +15,14 @@ enum class ThreadPolicy {
   allow,   ///< go on silently (you know the other threads hold no locks the functions need)
 };
 
+/// Where the functions of a run execute. Switching is one option; the Results are the same
+/// except where isolation is the difference (see README, "Backends").
+enum class Backend {
+  processes,  ///< forked worker processes (default): crashes, hangs and memory are isolated
+  threads,    ///< a thread pool in this process: lower overhead, no isolation (a crash ends the program)
+  inline_,    ///< one after another in the calling thread: for debuggers, sanitizers and profilers
+};
+
 /// How a run is carried out. Every field has a usable default.
 struct Options {
   /// Worker processes that may exist at once; 0 = std::thread::hardware_concurrency().
@@ -41,6 +49,8 @@ struct Options {
   std::chrono::seconds cpu_limit{0};
   /// What to do when the calling process already runs other threads.
   ThreadPolicy threads = ThreadPolicy::warn;
+  /// Where the functions run: worker processes (default), threads of this process, or inline.
+  Backend backend = Backend::processes;
 };
 
 }  // namespace pfp

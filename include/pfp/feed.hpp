@@ -1,0 +1,77 @@
+#ifndef PFP_FEED_HPP
+#define PFP_FEED_HPP
+
+// The seam between what a run does (a fixed list of functions, a stream of submissions, a lazy
+// source of items) and how it is carried out (worker processes, threads, or the calling thread).
+// Every front end (MultiProcessor, Executor, map, Manager) describes its work as a Feed; every
+// backend runs a Feed to the end and hands back exactly one Result per task it took.
+
+#include <pfp/options.hpp>
+#include <pfp/result.hpp>
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace pfp {
+
+namespace detail {
+
+/// One unit of work: which function (the front end's own numbering) and its serialized input.
+/// Front ends whose inputs are inherited by fork leave payload empty.
+struct Task {
+  std::uint64_t fn = 0;
+  std::string payload;
+};
+
+/// What a worker is given to run one task.
+struct TaskView {
+  std::uint64_t seq = 0;         ///< the task's number in the run, from 0, in the order it was pulled
+  std::uint64_t fn = 0;
+  std::string_view payload;
+  unsigned worker = 0;           ///< which worker slot runs it, 0 .. workers-1 (stable per slot)
+};
+
+/// Runs one task inside a worker (process, thread or the caller), filling r.result. Throwing is
+/// how a task fails: the backend turns the exception into Status::exception.
+using FeedRunner = std::function<void(const TaskView& task, Result& r)>;
+
+/// A run's source of tasks and sink of results. Backends call it from one thread only (the one
+/// that runs the backend), never concurrently.
+class Feed {
+ public:
+  virtual ~Feed() = default;
+
+  /// The next task, or nullopt if none is ready now. May throw: the backend stops pulling, lets
+  /// the tasks it holds finish (delivering them), and rethrows from its run function.
+  virtual std::optional<Task> pull() = 0;
+
+  /// After pull() returned nullopt: true if no task will ever come again (the run ends once the
+  /// tasks in flight are delivered); false if more may come later (see wake_fd).
+  virtual bool finished() = 0;
+
+  /// A descriptor that becomes readable when pull() may have something new, or -1 if the feed
+  /// never waits (finished() is true whenever pull() returns nullopt). pull() drains it.
+  virtual int wake_fd() const { return -1; }
+
+  /// Tasks the feed knows it will give, if known (used to start no more workers than needed).
+  virtual std::optional<std::size_t> size_hint() const { return std::nullopt; }
+
+  /// The final verdict of task `seq` (after retries), in completion order. r.index == seq,
+  /// r.function_name is empty (the feed names its tasks), r.pid is the process that ran it.
+  virtual void deliver(std::uint64_t seq, Result&& r) = 0;
+
+  /// The run was cancelled: tasks never pulled will not run. A feed with a known list of tasks
+  /// reports them (as Status::cancelled, "cancelled before it started"); a stream just stops.
+  virtual void drop_rest() {}
+
+  /// Polled by the backend between tasks: true asks it to stop as if cancelled (fail-fast).
+  virtual bool stop_requested() { return false; }
+};
+
+}  // namespace detail
+}  // namespace pfp
+
+#endif  // PFP_FEED_HPP
