@@ -61,11 +61,18 @@ class Feed {
 
   /// The final verdict of task `seq` (after retries), in completion order. r.index == seq,
   /// r.function_name is empty (the feed names its tasks), r.pid is the process that ran it.
+  /// May throw: the backend then stops the run as if cancelled and rethrows.
   virtual void deliver(std::uint64_t seq, Result&& r) = 0;
 
-  /// The run was cancelled: tasks never pulled will not run. A feed with a known list of tasks
-  /// reports them (as Status::cancelled, "cancelled before it started"); a stream just stops.
-  virtual void drop_rest() {}
+  /// A verdict already delivered turned out wrong: the task corrupted pfp's result stream after
+  /// its result was sent, so it is reported as Status::crashed. A feed that can still change what
+  /// it reported takes the new Result; a stream keeps the first (the default).
+  virtual void amend(std::uint64_t /*seq*/, Result&& /*r*/) {}
+
+  /// The run stopped early (cancelled, or no worker could be started): tasks never pulled will
+  /// not run. A feed with a known list of tasks reports them (Status::cancelled, error `why`);
+  /// a stream just stops.
+  virtual void drop_rest(const std::string& /*why*/) {}
 
   /// Polled by the backend between tasks: true asks it to stop as if cancelled (fail-fast).
   virtual bool stop_requested() { return false; }

@@ -19,6 +19,38 @@ namespace pfp {
 
 namespace detail {
 
+// Feeds registered functions 0..n-1 (fn == seq, nothing serialized: workers inherit them) and
+// files each Result at its index.
+class ListFeed final : public Feed {
+ public:
+  /// results holds one Result per function, with function_name and index already set.
+  explicit ListFeed(std::vector<Result>& results) : results_(results) {}
+  std::optional<Task> pull() override {
+    if (next_ >= results_.size()) return std::nullopt;
+    return Task{next_++, {}};
+  }
+  bool finished() override { return true; }
+  std::optional<std::size_t> size_hint() const override { return results_.size(); }
+  void deliver(std::uint64_t seq, Result&& r) override { file(seq, std::move(r)); }
+  void amend(std::uint64_t seq, Result&& r) override { file(seq, std::move(r)); }
+  void drop_rest(const std::string& why) override {
+    for (; next_ < results_.size(); ++next_) {
+      results_[next_].status = Status::cancelled;
+      results_[next_].error = why;
+    }
+  }
+
+ private:
+  void file(std::uint64_t seq, Result&& r) {
+    Result& slot = results_[static_cast<std::size_t>(seq)];
+    r.function_name = std::move(slot.function_name);
+    r.index = slot.index;
+    slot = std::move(r);
+  }
+  std::vector<Result>& results_;
+  std::uint64_t next_ = 0;
+};
+
 inline void validate(const Options& o) {
   if (o.timeout.count() < 0)
     throw error("pfp::Options::timeout is negative (" + std::to_string(o.timeout.count()) + " ms); use 0 for no limit");
@@ -96,7 +128,8 @@ class MultiProcessor {
       fresh[i].function_name = tasks_[i].name;
       fresh[i].index = i;
     }
-    detail::TaskRunner runner = [this](std::size_t i, Result& r) {
+    detail::FeedRunner runner = [this](const detail::TaskView& task, Result& r) {
+      const std::size_t i = static_cast<std::size_t>(task.fn);
       if (i >= tasks_.size()) throw error("pfp: worker was sent function index " + std::to_string(i) + " of " + std::to_string(tasks_.size()));
       r.function_name = tasks_[i].name;
       r.index = i;
@@ -107,8 +140,8 @@ class MultiProcessor {
       detail::CancelState& state;
       ~CloseCancel() { state.close(); }
     } close_cancel{*cancel_};
-    detail::Pool pool(runner, options_, fresh, cancel_.get());
-    pool.run();
+    detail::ListFeed feed(fresh);
+    detail::run_feed_processes(runner, options_, feed, cancel_.get());
     results_ = std::move(fresh);
     return results_;
   }

@@ -1,15 +1,18 @@
 #ifndef PFP_POOL_HPP
 #define PFP_POOL_HPP
 
-// The engine behind execute_parallel(): a pool of forked workers, each with a private task pipe
-// (parent -> worker: 8-byte function indices), a result pipe and a shared-memory ring
+// The process backend: runs a Feed (feed.hpp) on a pool of forked workers, each with a private
+// task pipe (parent -> worker: task messages), a result pipe and a shared-memory ring
 // (worker -> parent: framed Results, see channel.hpp), driven by one poll() loop in the parent.
-// The parent always knows which indices each worker holds, in order, and which one it began, so a
-// worker that dies or hangs costs exactly the function it was running.
+// The parent always knows which tasks each worker holds, in order, and which one it began, so a
+// worker that dies or hangs costs exactly the task it was running.
+//
+// A task message is three little-endian u64 words -- seq, fn, payload size -- then the payload.
 
 #include <pfp/channel.hpp>
 #include <pfp/detail/posix.hpp>
 #include <pfp/error.hpp>
+#include <pfp/feed.hpp>
 #include <pfp/options.hpp>
 #include <pfp/process.hpp>
 #include <pfp/result.hpp>
@@ -20,12 +23,14 @@
 #include <cstdint>
 #include <cstring>
 #include <deque>
+#include <exception>
 #include <functional>
 #include <limits>
 #include <memory>
 #include <new>
 #include <optional>
 #include <set>
+#include <unordered_map>
 #include <string>
 #include <thread>
 #include <vector>
@@ -45,18 +50,17 @@ namespace detail {
 
 using Clock = std::chrono::steady_clock;
 
-/// Runs function `index` inside a worker, filling the Result (result, and the user's fields).
-/// Exceptions escape to the worker loop, which reports them.
-using TaskRunner = std::function<void(std::size_t index, Result& r)>;
-
-inline unsigned effective_workers(const Options& o, std::size_t functions) {
+/// Workers for a run of `tasks` tasks (unknown: as many as the options allow).
+inline unsigned effective_workers(const Options& o, std::optional<std::size_t> tasks = std::nullopt) {
   unsigned n = o.workers ? o.workers : std::thread::hardware_concurrency();
   if (n == 0) n = 1;
-  return static_cast<unsigned>(std::min<std::size_t>(n, functions));
+  return tasks ? static_cast<unsigned>(std::min<std::size_t>(n, std::max<std::size_t>(*tasks, 1))) : n;
 }
 
-/// Most function indices one worker holds at once (4 KiB of indices: one atomic pipe write).
+/// Most tasks one worker holds at once.
 inline constexpr unsigned max_pipeline_depth = 512;
+/// Task message header: seq, fn, payload size.
+inline constexpr std::size_t task_header_size = 3 * sizeof(std::uint64_t);
 
 // ---------------------------------------------------------------- worker side
 
@@ -87,13 +91,14 @@ inline void arm_cpu_limit(const Options& opt) noexcept {
 /// that must write broken frames the way a dying worker would; not for ordinary code.
 inline int worker_result_fd = -1;
 
-// Runs one function and encodes its Result into frame.
-inline void run_one(std::size_t index, const TaskRunner& run, const Options& opt, std::string& frame) {
+// Runs one task and encodes its Result into frame.
+inline void run_one(const TaskView& task, const FeedRunner& run, const Options& opt, std::string& frame) {
+  const std::size_t index = static_cast<std::size_t>(task.seq);
   Result r;
   r.index = index;
   auto start = Clock::now();
   try {
-    run(index, r);
+    run(task, r);
     r.status = Status::ok;
     r.error.clear();
   } catch (const std::bad_alloc&) {
@@ -145,12 +150,13 @@ inline std::uint64_t bytes_ever_written(int result_fd, SharedBlock* shared) noex
   }
 }
 
-[[noreturn]] inline void worker_loop(int task_fd, int result_fd, SharedBlock* shared, char* ring, const TaskRunner& run,
-                                     const Options& opt) {
-  std::uint64_t indices[max_pipeline_depth];
-  std::size_t carried = 0;  // bytes of a partial index left from the last read
+[[noreturn]] inline void worker_loop(int task_fd, int result_fd, SharedBlock* shared, char* ring, const FeedRunner& run,
+                                     const Options& opt, unsigned slot) {
+  std::vector<char> in(std::size_t{1} << 16);
+  std::size_t have = 0;  // bytes in `in`
+  std::size_t at = 0;    // bytes of `in` already run
   unsigned done = 0;
-  bool bell_owed = false;   // frames in the ring the parent has not been told about
+  bool bell_owed = false;  // frames in the ring the parent has not been told about
   RingWriter ring_out(shared, ring);
   std::string frame;
   worker_result_fd = result_fd;
@@ -161,28 +167,31 @@ inline std::uint64_t bytes_ever_written(int result_fd, SharedBlock* shared) noex
     std::string_view bell = doorbell_frame();
     if (!write_all(result_fd, bell.data(), bell.size())) ::_exit(0);
   };
+  auto word = [&](std::size_t k) {
+    std::uint64_t v;
+    std::memcpy(&v, in.data() + at + k * sizeof v, sizeof v);
+    return v;
+  };
   for (;;) {
-    ring_bell();  // about to wait for work: let the parent collect what is in the ring
-    char* base = reinterpret_cast<char*>(indices);
-    ssize_t got = read_some(task_fd, base + carried, sizeof indices - carried);
-    if (got <= 0) {  // the parent closed the pipe (or died): nothing more to do
-      flush_stdio();
-      ::_exit(0);
-    }
-    std::size_t bytes = carried + static_cast<std::size_t>(got);
-    std::size_t count = bytes / sizeof(std::uint64_t);
-    for (std::size_t k = 0; k < count; ++k) {
+    // Run every whole message received.
+    while (have - at >= task_header_size && have - at - task_header_size >= word(2)) {
+      TaskView task;
+      task.seq = word(0);
+      task.fn = word(1);
+      task.payload = std::string_view(in.data() + at + task_header_size, static_cast<std::size_t>(word(2)));
+      task.worker = slot;
       shared->started_at_ns.store(steady_now_ns(), std::memory_order_relaxed);
-      shared->started.store(indices[k] + 1, std::memory_order_release);
+      shared->started.store(task.seq + 1, std::memory_order_release);
       arm_cpu_limit(opt);
       // Only the parent reads this pipe, so its byte count can grow during a function only if
       // the function (or something it started) wrote to it.
       const std::uint64_t written_before = bytes_ever_written(result_fd, shared);
-      run_one(static_cast<std::size_t>(indices[k]), run, opt, frame);
+      run_one(task, run, opt, frame);
       if (bytes_ever_written(result_fd, shared) > written_before) {
         std::uint64_t none = 0;
-        shared->corrupted_by.compare_exchange_strong(none, indices[k] + 1);
+        shared->corrupted_by.compare_exchange_strong(none, task.seq + 1);
       }
+      at += task_header_size + task.payload.size();
       flush_standard_streams();  // what the function printed appears even though the worker leaves by _exit
       if (ring_out.put(frame)) {
         bell_owed = true;
@@ -196,8 +205,26 @@ inline std::uint64_t bytes_ever_written(int result_fd, SharedBlock* shared) noex
         ::_exit(0);
       }
     }
-    carried = bytes % sizeof(std::uint64_t);
-    if (carried) std::memmove(base, base + count * sizeof(std::uint64_t), carried);
+    // Keep the partial message, make room for the rest of it, and wait for more.
+    if (at > 0) {
+      std::memmove(in.data(), in.data() + at, have - at);
+      have -= at;
+      at = 0;
+    }
+    if (in.size() > (std::size_t{4} << 20) && have < (std::size_t{1} << 16)) {
+      in.resize(std::size_t{1} << 16);  // give back a big payload's buffer
+      in.shrink_to_fit();
+    }
+    std::size_t want = std::size_t{1} << 16;
+    if (have >= task_header_size) want = std::max<std::size_t>(want, static_cast<std::size_t>(task_header_size + word(2) - have));
+    if (in.size() - have < want) in.resize(have + want);
+    ring_bell();  // about to wait for work: let the parent collect what is in the ring
+    ssize_t got = read_some(task_fd, in.data() + have, in.size() - have);
+    if (got <= 0) {  // the parent closed the pipe (or died): nothing more to do
+      flush_stdio();
+      ::_exit(0);
+    }
+    have += static_cast<std::size_t>(got);
   }
 }
 
@@ -338,9 +365,8 @@ class SigchldDefault {
 
 class Pool {
  public:
-  /// results must hold one Result per function, with function_name and index already set.
-  Pool(const TaskRunner& run, const Options& options, std::vector<Result>& results, CancelState* cancel = nullptr)
-      : run_(run), options_(options), results_(results), cancel_(cancel) {}
+  Pool(const FeedRunner& run, const Options& options, Feed& feed, CancelState* cancel = nullptr)
+      : run_(run), options_(options), feed_(feed), cancel_(cancel) {}
 
   ~Pool() {
     for (auto& w : workers_) abandon(*w);
@@ -348,44 +374,63 @@ class Pool {
   Pool(const Pool&) = delete;
   Pool& operator=(const Pool&) = delete;
 
-  /// Runs every function once. Throws pfp::error only if no worker process can be started.
+  /// Runs the feed to its end: every task pulled gets exactly one delivered Result.
+  /// Throws pfp::error if no worker process can be started at all, and rethrows what the feed's
+  /// pull() or deliver() threw (after every task it had given was delivered or cancelled).
   void run() {
-    const std::size_t total = results_.size();
-    if (total == 0) return;
     check_threads(options_);
     SigpipeBlock sigpipe_block;
     SigchldDefault sigchld_default;
-    target_workers_ = effective_workers(options_, total);
-    for (std::size_t i = 0; i < total; ++i) pending_.push_back(i);
+    target_workers_ = effective_workers(options_, feed_.size_hint());
+    if (feed_.size_hint() && *feed_.size_hint() == 0) return;
 
     spawn_missing();
-    if (workers_.empty()) throw error("pfp: could not start any worker process: " + last_spawn_error_);
+    if (workers_.empty()) {
+      feed_.drop_rest("not run: could not start a worker process: " + last_spawn_error_);
+      throw error("pfp: could not start any worker process: " + last_spawn_error_);
+    }
 
     std::vector<pollfd> fds;
     std::vector<Worker*> polled;
     auto last_sweep = Clock::now();
-    while (completed_ < total) {
-      if (cancel_ && cancel_->requested()) {
+    for (;;) {
+      if ((cancel_ && cancel_->requested()) || consumer_error_ || stop_requested()) {
         cancel_everything();
         break;
       }
+      feed_waiting_ = false;
       dispatch();
+      if (slots_.empty() && pending_.empty() && feed_exhausted()) break;
       fds.clear();
       polled.clear();
       if (cancel_ && cancel_->wake_fd() >= 0) {
         fds.push_back(pollfd{cancel_->wake_fd(), POLLIN, 0});
         polled.push_back(nullptr);
       }
+      if (feed_waiting_ && feed_.wake_fd() >= 0) {
+        fds.push_back(pollfd{feed_.wake_fd(), POLLIN, 0});
+        polled.push_back(nullptr);
+      }
       for (auto& w : workers_) {
         if (!w->result_r) continue;
         fds.push_back(pollfd{w->result_r.get(), POLLIN, 0});
         polled.push_back(w.get());
+        if (w->out_at < w->out.size() && w->task_w) {
+          fds.push_back(pollfd{w->task_w.get(), POLLOUT, 0});
+          polled.push_back(w.get());
+        }
       }
       int rc = ::poll(fds.data(), static_cast<nfds_t>(fds.size()), poll_timeout_ms());
       if (rc < 0 && errno != EINTR) throw_errno("poll");
       if (rc > 0) {
-        for (std::size_t k = 0; k < fds.size(); ++k)
-          if (fds[k].revents && polled[k]) read_from(*polled[k]);
+        for (std::size_t k = 0; k < fds.size(); ++k) {
+          if (!fds[k].revents || !polled[k]) continue;
+          if (fds[k].events == POLLOUT) {
+            if (polled[k]->pid > 0) flush_out(*polled[k]);
+          } else {
+            read_from(*polled[k]);
+          }
+        }
       }
       auto now = Clock::now();
       enforce_timeouts(now);
@@ -396,52 +441,139 @@ class Pool {
       }
       remove_dead();
       spawn_missing();
-      if (workers_.empty() && !pending_.empty()) give_up_on_pending();
+      if (workers_.empty() && (!pending_.empty() || !feed_exhausted())) give_up();
     }
     shutdown();
+    if (consumer_error_) std::rethrow_exception(consumer_error_);
+    if (source_error_) std::rethrow_exception(source_error_);
   }
 
  private:
   struct Worker {
     pid_t pid = -1;
+    unsigned slot = 0;  // TaskView::worker
     UniqueFd task_w;
     UniqueFd result_r;
     SharedRegion shared;
     RingReader ring;
-    std::deque<std::size_t> queue;  // sent and not yet answered, in the order the worker runs them
+    std::deque<std::uint64_t> queue;  // sent and not yet answered, in the order the worker runs them
+    std::deque<std::uint64_t> answered;  // the last tasks it answered (a late protocol error may blame one)
     Clock::time_point head_since{};  // when the front of the queue became the front
     unsigned sent = 0;
+    std::string out;           // task messages not yet written to the task pipe
+    std::size_t out_at = 0;    // bytes of out already written
     std::vector<char> buf;     // bytes from the result pipe
     std::size_t have = 0;      // bytes in buf
     std::size_t consumed = 0;  // bytes of buf already parsed
   };
 
+  // A task pulled from the feed and not yet delivered.
+  struct Slot {
+    Task task;
+    Result result;
+    bool struck = false;  // already re-run once after a corrupt stream
+  };
+
   static constexpr auto sweep_interval = std::chrono::milliseconds(50);
   static constexpr std::size_t read_chunk = std::size_t{1} << 16;
+  static constexpr std::size_t out_limit = std::size_t{1} << 20;  // payload bytes queued per worker
+  static constexpr std::size_t answered_kept = 64;
 
-  const TaskRunner& run_;
+  const FeedRunner& run_;
   const Options& options_;
-  std::vector<Result>& results_;
+  Feed& feed_;
   CancelState* cancel_;
   std::vector<std::unique_ptr<Worker>> workers_;
-  std::deque<std::size_t> pending_;
-  std::size_t completed_ = 0;
+  std::unordered_map<std::uint64_t, Slot> slots_;
+  std::deque<std::uint64_t> pending_;  // pulled, in no worker's queue (retries, tasks handed back)
+  std::uint64_t next_seq_ = 0;
+  bool feed_done_ = false;     // pull() gave nothing and finished() said so
+  bool feed_waiting_ = false;  // pull() gave nothing for now
+  std::exception_ptr source_error_;    // pull() threw: no more tasks; those given finish
+  std::exception_ptr consumer_error_;  // deliver(), amend() or stop_requested() threw: the run stops
   unsigned target_workers_ = 1;
   double mean_duration_ns_ = -1;  // running mean of what workers report, to size the pipeline
   std::string last_spawn_error_;
   std::string scratch_;  // a ring frame that wraps around the end of the ring
-  std::set<std::size_t> protocol_strikes_;  // functions already re-run once after a corrupt stream
+
+  bool feed_exhausted() const noexcept { return feed_done_ || source_error_; }
+
+  void consumer_failed() noexcept {
+    if (!consumer_error_) consumer_error_ = std::current_exception();
+  }
+
+  bool stop_requested() {
+    try {
+      return feed_.stop_requested();
+    } catch (...) {
+      consumer_failed();
+      return true;
+    }
+  }
+
+  // ---- the feed
+
+  // The next task to hand out (a handed-back one first), or nullopt.
+  std::optional<std::uint64_t> next_task() {
+    if (!pending_.empty()) {
+      std::uint64_t seq = pending_.front();
+      pending_.pop_front();
+      return seq;
+    }
+    if (feed_exhausted() || feed_waiting_) return std::nullopt;
+    std::optional<Task> task;
+    try {
+      task = feed_.pull();
+      if (!task) {
+        if (feed_.finished())
+          feed_done_ = true;
+        else
+          feed_waiting_ = true;
+        return std::nullopt;
+      }
+    } catch (...) {
+      source_error_ = std::current_exception();
+      return std::nullopt;
+    }
+    const std::uint64_t seq = next_seq_++;
+    Slot& slot = slots_[seq];
+    slot.task = std::move(*task);
+    slot.result.index = static_cast<std::size_t>(seq);
+    return seq;
+  }
+
+  void deliver(std::uint64_t seq) {
+    auto it = slots_.find(seq);
+    Result r = std::move(it->second.result);
+    slots_.erase(it);
+    try {
+      feed_.deliver(seq, std::move(r));
+    } catch (...) {
+      consumer_failed();
+    }
+  }
+
+  Result& result_of(std::uint64_t seq) { return slots_.find(seq)->second.result; }
 
   // ---- starting workers
 
   void spawn_missing() {
-    while (workers_.size() < target_workers_ && !pending_.empty()) {
+    while (workers_.size() < target_workers_ && (!pending_.empty() || !feed_exhausted())) {
       if (!spawn_one()) break;
+    }
+  }
+
+  unsigned free_slot() const {
+    for (unsigned s = 0;; ++s) {
+      bool used = false;
+      for (auto& w : workers_) used = used || w->slot == s;
+      if (!used) return s;
     }
   }
 
   bool spawn_one() {
     auto w = std::make_unique<Worker>();
+    w->slot = free_slot();
     std::vector<int> close_in_child;
     for (auto& other : workers_) {
       if (other->task_w) close_in_child.push_back(other->task_w.get());
@@ -461,13 +593,15 @@ class Pool {
       const int result_fd = results.write.get();
       SharedBlock* block = w->shared.block();
       char* ring = w->shared.ring();
-      const TaskRunner& run = run_;
+      const FeedRunner& run = run_;
       const Options& opt = options_;
-      w->pid = fork_worker([&] { worker_loop(task_fd, result_fd, block, ring, run, opt); }, close_in_child);
+      const unsigned slot = w->slot;
+      w->pid = fork_worker([&] { worker_loop(task_fd, result_fd, block, ring, run, opt, slot); }, close_in_child);
       w->ring = RingReader(block, ring);
       w->task_w = std::move(tasks.write);
       w->result_r = std::move(results.read);
       set_nonblocking(w->result_r.get());
+      set_nonblocking(w->task_w.get());
     } catch (const error& e) {
       last_spawn_error_ = e.what();
       return false;
@@ -476,59 +610,87 @@ class Pool {
     return true;
   }
 
-  // Every worker failed to start or died and none can be started again: the functions that
-  // never ran say why instead of hanging the run.
-  void give_up_on_pending() {
+  // Every worker failed to start or died and none can be started again: the tasks that never
+  // ran say why instead of hanging the run.
+  void give_up() {
     for (int attempt = 0; attempt < 20 && workers_.empty(); ++attempt) {
       ::poll(nullptr, 0, 10 * (attempt + 1));
       spawn_missing();
     }
     if (!workers_.empty()) return;
-    for (std::size_t i : pending_) {
-      results_[i].status = Status::cancelled;
-      results_[i].error = "not run: could not start a worker process: " + last_spawn_error_;
-      ++completed_;
+    const std::string why = "not run: could not start a worker process: " + last_spawn_error_;
+    while (!pending_.empty()) {
+      std::uint64_t seq = pending_.front();
+      pending_.pop_front();
+      Result& r = result_of(seq);
+      r.status = Status::cancelled;
+      r.error = why;
+      deliver(seq);
     }
-    pending_.clear();
+    if (!feed_exhausted()) {
+      feed_done_ = true;
+      feed_.drop_rest(why);
+    }
   }
 
   // ---- handing out work
 
-  // How many functions a worker may hold at once: enough to hide the round trip for short
-  // functions (about 200 us of work in flight), one for long ones so a slow function does not
-  // hold others hostage, and never more than a fair share of what is left.
+  // How many tasks a worker may hold at once: enough to hide the round trip for short tasks
+  // (about 200 us of work in flight), one for long ones so a slow task does not hold others
+  // hostage, and never more than a fair share of what is known to be left.
   unsigned depth() const {
     if (mean_duration_ns_ < 0) return 1;
     double d = 200'000.0 / std::max(mean_duration_ns_, 1.0);
     auto depth = static_cast<std::size_t>(std::clamp(d, 1.0, static_cast<double>(max_pipeline_depth)));
-    std::size_t live = std::max<std::size_t>(workers_.size(), 1);
-    std::size_t fair = (pending_.size() + live - 1) / live;
-    return static_cast<unsigned>(std::max<std::size_t>(1, std::min(depth, fair + 1)));
+    if (std::optional<std::size_t> hint = feed_.size_hint()) {
+      std::size_t left = pending_.size() + (*hint > next_seq_ ? *hint - static_cast<std::size_t>(next_seq_) : 0);
+      std::size_t live = std::max<std::size_t>(workers_.size(), 1);
+      std::size_t fair = (left + live - 1) / live;
+      depth = std::max<std::size_t>(1, std::min(depth, fair + 1));
+    }
+    return static_cast<unsigned>(depth);
   }
 
   void dispatch() {
-    if (pending_.empty()) return;
     const unsigned limit = depth();
-    std::uint64_t batch[max_pipeline_depth];
     for (auto& w : workers_) {
-      if (!w->task_w || pending_.empty()) continue;
-      std::size_t n = 0;
-      while (w->queue.size() + n < limit && !pending_.empty()) {
-        if (options_.max_tasks_per_worker && w->sent + n >= options_.max_tasks_per_worker) break;
-        batch[n++] = pending_.front();
-        pending_.pop_front();
+      if (!w->task_w || w->pid <= 0) continue;
+      bool added = false;
+      while (w->queue.size() < limit && w->out.size() - w->out_at < out_limit) {
+        if (options_.max_tasks_per_worker && w->sent >= options_.max_tasks_per_worker) break;
+        std::optional<std::uint64_t> seq = next_task();
+        if (!seq) break;
+        const Task& task = slots_.find(*seq)->second.task;
+        if (w->queue.empty()) w->head_since = Clock::now();
+        w->queue.push_back(*seq);
+        ++w->sent;
+        const std::uint64_t header[3] = {*seq, task.fn, task.payload.size()};
+        w->out.append(reinterpret_cast<const char*>(header), sizeof header);
+        w->out.append(task.payload);
+        added = true;
       }
-      if (n == 0) continue;
-      if (w->queue.empty()) w->head_since = Clock::now();
-      for (std::size_t k = 0; k < n; ++k) w->queue.push_back(static_cast<std::size_t>(batch[k]));
-      w->sent += static_cast<unsigned>(n);
-      // Indices in the pipe never exceed max_pipeline_depth * 8 bytes = PIPE_BUF: the write is
-      // atomic and never blocks.
-      if (!write_all(w->task_w.get(), batch, n * sizeof(std::uint64_t))) {
-        SigpipeBlock::consume_pending();
-        // The worker is gone; its death is noticed on its result pipe and its queue handed back.
-      }
+      if (added) flush_out(*w);
     }
+  }
+
+  // Writes what the task pipe takes now; the rest waits for POLLOUT.
+  void flush_out(Worker& w) {
+    while (w.out_at < w.out.size()) {
+      ssize_t n = ::write(w.task_w.get(), w.out.data() + w.out_at, w.out.size() - w.out_at);
+      if (n > 0) {
+        w.out_at += static_cast<std::size_t>(n);
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+      // The worker is gone; its death is noticed on its result pipe and its queue handed back.
+      SigpipeBlock::consume_pending();
+      w.out_at = w.out.size();
+      break;
+    }
+    w.out.clear();
+    w.out_at = 0;
+    if (w.out.capacity() > out_limit * 4) std::string().swap(w.out);
   }
 
   // ---- receiving results
@@ -605,7 +767,7 @@ class Pool {
         std::string_view from_pipe = pipe_frame(w);
         if (from_ring.empty() && from_pipe.empty()) break;
         const bool has_expected = !w.queue.empty();
-        const std::size_t expected = has_expected ? w.queue.front() : 0;
+        const std::uint64_t expected = has_expected ? w.queue.front() : 0;
         if (has_expected && !from_pipe.empty() && frame_index(from_pipe) == expected) {
           accept(w, decode_result_frame(from_pipe, max_frame()));
           w.consumed += from_pipe.size();
@@ -669,8 +831,8 @@ class Pool {
     }
   }
 
-  static bool holds(const Worker& w, std::size_t index) {
-    return std::find(w.queue.begin(), w.queue.end(), index) != w.queue.end();
+  static bool holds(const Worker& w, std::uint64_t seq) {
+    return std::find(w.queue.begin(), w.queue.end(), seq) != w.queue.end();
   }
 
   // The worker's stream is corrupt: something wrote on its result pipe that the worker did not
@@ -686,10 +848,10 @@ class Pool {
       while (!w.queue.empty()) {
         std::string_view frame = ring_frame(w);
         if (frame.empty()) break;
-        std::size_t index = frame_index(frame);
-        if (index == w.queue.front()) {
+        std::uint64_t seq = frame_index(frame);
+        if (seq == w.queue.front()) {
           accept(w, decode_result_frame(frame, max_frame()));
-        } else if (holds(w, index)) {
+        } else if (holds(w, seq)) {
           break;
         }
         w.ring.advance(frame.size());
@@ -697,16 +859,25 @@ class Pool {
     } catch (const error&) {
     }
     const std::uint64_t culprit = w.shared.block()->corrupted_by.load(std::memory_order_acquire);
-    // A culprit that already has its verdict from this worker loses it: what it sent cannot be trusted.
-    if (culprit != 0 && !holds(w, culprit - 1) && results_[culprit - 1].pid == static_cast<int>(w.pid)) {
-      Result& r = results_[culprit - 1];
+    // A culprit that already has its verdict from this worker loses it: what it sent cannot be
+    // trusted. Feeds that can still change what they reported are told.
+    if (culprit != 0 && std::find(w.answered.begin(), w.answered.end(), culprit - 1) != w.answered.end()) {
+      Result r;
+      r.index = static_cast<std::size_t>(culprit - 1);
       r.status = Status::crashed;
-      r.result = Value();
       r.error = why + " (this function wrote to pfp's result pipe)";
+      r.pid = static_cast<int>(w.pid);
+      r.attempts = 1;
+      try {
+        feed_.amend(culprit - 1, std::move(r));
+      } catch (...) {
+        consumer_failed();
+      }
     }
     if (!w.queue.empty() && head_began(w) && culprit != 0 && culprit != w.queue.front() + 1 &&
-        protocol_strikes_.insert(w.queue.front()).second) {
-      std::size_t again = w.queue.front();
+        !slots_.find(w.queue.front())->second.struck) {
+      std::uint64_t again = w.queue.front();
+      slots_.find(again)->second.struck = true;
       w.queue.pop_front();
       settle_queue(w, Status::crashed, why);  // the rest never started
       pending_.push_front(again);
@@ -723,38 +894,40 @@ class Pool {
   }
 
   void accept(Worker& w, Result&& decoded) {
-    const std::size_t i = w.queue.front();
+    const std::uint64_t seq = w.queue.front();
     w.queue.pop_front();
-    Result& r = results_[i];
+    w.answered.push_back(seq);
+    if (w.answered.size() > answered_kept) w.answered.pop_front();
+    Result& r = result_of(seq);
     r.status = decoded.status;
     r.error = std::move(decoded.error);
     r.result = std::move(decoded.result);
     r.duration = decoded.duration;
     r.pid = static_cast<int>(w.pid);
-    conclude(i);
     double ns = static_cast<double>(r.duration.count());
     mean_duration_ns_ = mean_duration_ns_ < 0 ? ns : mean_duration_ns_ * 0.875 + ns * 0.125;
+    conclude(seq);
     w.head_since = Clock::now();
   }
 
-  // One attempt of function i reached a verdict: it is final unless the options ask to try again.
-  void conclude(std::size_t i) {
-    Result& r = results_[i];
+  // One attempt of a task reached a verdict: it is final unless the options ask to try again.
+  void conclude(std::uint64_t seq) {
+    Result& r = result_of(seq);
     ++r.attempts;
     bool retryable = r.status == Status::crashed || r.status == Status::timed_out ||
                      (r.status == Status::exception && options_.retry_exceptions);
     if (retryable && r.attempts <= options_.retries) {
-      pending_.push_back(i);
+      pending_.push_back(seq);
       return;
     }
-    ++completed_;
+    deliver(seq);
   }
 
   // Whether the worker began the function at the front of its queue, and when.
   static std::optional<Clock::time_point> head_began(const Worker& w) {
     if (w.queue.empty() || !w.shared) return std::nullopt;
     const SharedBlock* b = w.shared.block();
-    if (b->started.load(std::memory_order_acquire) != static_cast<std::uint64_t>(w.queue.front()) + 1) return std::nullopt;
+    if (b->started.load(std::memory_order_acquire) != w.queue.front() + 1) return std::nullopt;
     return Clock::time_point(std::chrono::duration_cast<Clock::duration>(
         std::chrono::nanoseconds(b->started_at_ns.load(std::memory_order_relaxed))));
   }
@@ -771,17 +944,28 @@ class Pool {
       if (w->pid <= 0 || w->queue.empty()) continue;
       drain(*w);  // results that made it are kept
       if (w->pid <= 0 || w->queue.empty()) continue;
-      std::vector<std::size_t> waiting(w->queue.begin() + 1, w->queue.end());
+      std::vector<std::uint64_t> waiting(w->queue.begin() + 1, w->queue.end());
       w->queue.resize(1);
       kill_worker(*w, Status::cancelled, "cancelled while running: the worker was killed with everything it started");
-      for (std::size_t i : waiting) pending_.push_front(i);
+      for (std::uint64_t seq : waiting) pending_.push_front(seq);
     }
-    for (std::size_t i : pending_) {
-      results_[i].status = Status::cancelled;
-      results_[i].error = "cancelled before it started";
-      ++completed_;
+    while (!pending_.empty()) {
+      std::uint64_t seq = pending_.front();
+      pending_.pop_front();
+      Result& r = result_of(seq);
+      r.status = Status::cancelled;
+      r.error = "cancelled before it started";
+      r.result = Value();
+      deliver(seq);
     }
-    pending_.clear();
+    if (!feed_done_) {
+      feed_done_ = true;
+      try {
+        feed_.drop_rest("cancelled before it started");
+      } catch (...) {
+        consumer_failed();
+      }
+    }
   }
 
   // ---- ending workers
@@ -790,11 +974,12 @@ class Pool {
   // verdict; the ones queued behind it never started and go back to the front of the line.
   void settle_queue(Worker& w, Status status, const std::string& why) {
     if (w.queue.empty()) return;
-    // A head that never began is innocent even of a timeout: the worker was stuck in a function
+    // A head that never began is innocent even of a timeout: the worker was stuck in a task
     // that had already delivered its result (or in flushing its output), not in this one.
     const bool began = head_began(w).has_value();
     if (began) {
-      Result& r = results_[w.queue.front()];
+      const std::uint64_t seq = w.queue.front();
+      Result& r = result_of(seq);
       r.status = status;
       r.error = why;
       r.result = Value();
@@ -804,12 +989,12 @@ class Pool {
       w.queue.pop_front();
       if (status == Status::cancelled) {
         ++r.attempts;
-        ++completed_;
+        deliver(seq);
       } else {
-        conclude(r.index);
+        conclude(seq);
       }
     }
-    // Otherwise it died between functions: nothing it held had started.
+    // Otherwise it died between tasks: nothing it held had started.
     for (auto it = w.queue.rbegin(); it != w.queue.rend(); ++it) pending_.push_front(*it);
     w.queue.clear();
   }
@@ -820,7 +1005,8 @@ class Pool {
     w.task_w.reset();
     w.result_r.reset();
     std::vector<char>().swap(w.buf);
-    w.have = w.consumed = 0;
+    std::string().swap(w.out);
+    w.have = w.consumed = w.out_at = 0;
     w.pid = -1;
   }
 
@@ -870,7 +1056,7 @@ class Pool {
     if (options_.timeout.count() <= 0) return;
     for (auto& w : workers_) {
       if (w->pid <= 0 || w->queue.empty() || now - head_start(*w) < options_.timeout) continue;
-      const std::size_t head = w->queue.front();
+      const std::uint64_t head = w->queue.front();
       drain(*w);  // it may have finished just now
       if (w->pid <= 0 || w->queue.empty() || w->queue.front() != head) continue;
       kill_worker(*w, Status::timed_out,
@@ -918,6 +1104,12 @@ class Pool {
     w.pid = -1;
   }
 };
+
+/// Runs `feed` on worker processes (the Backend::processes backend). See Pool::run().
+inline void run_feed_processes(const FeedRunner& run, const Options& options, Feed& feed, CancelState* cancel) {
+  Pool pool(run, options, feed, cancel);
+  pool.run();
+}
 
 }  // namespace detail
 }  // namespace pfp
