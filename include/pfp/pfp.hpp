@@ -4,12 +4,15 @@
 // pfp: run functions in parallel worker processes. A crash, a hang or a leak in one function
 // costs that function's Result and nothing else.
 
+#include <pfp/batch.hpp>
 #include <pfp/channel.hpp>
 #include <pfp/error.hpp>
 #include <pfp/multiprocessor.hpp>
 #include <pfp/options.hpp>
+#include <pfp/progress.hpp>
 #include <pfp/result.hpp>
 #include <pfp/serialization.hpp>
+#include <pfp/stats.hpp>
 #include <pfp/value.hpp>
 
 #define PFP_VERSION_MAJOR 0
