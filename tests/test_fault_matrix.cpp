@@ -96,15 +96,15 @@ inline Bounded run_cell(Where where, How how, unsigned workers) {
               mp.register_function(nm, [how](const pfp::Value&, const pfp::Args&) { return Faulty{how}; });
               break;
             case Where::mid_frame:
-              mp.register_function(nm, [how](const pfp::Value&, const pfp::Args&, pfp::Result& r) {
-                const std::string frame = pfp_fault::ok_frame(r.index, delivered_value());
+              mp.register_function(nm, [how](const pfp::Value&, const pfp::Args&, pfp::Result&) {
+                const std::string frame = pfp_fault::ok_frame(pfp::detail::worker_current_ticket, delivered_value());
                 pfp_fault::write_to_result_pipe(frame.substr(0, frame.size() / 2));
                 pfp_fault::inject(how);
               });
               break;
             case Where::after_frame:
-              mp.register_function(nm, [how](const pfp::Value&, const pfp::Args&, pfp::Result& r) {
-                pfp_fault::write_to_result_pipe(pfp_fault::ok_frame(r.index, delivered_value()));
+              mp.register_function(nm, [how](const pfp::Value&, const pfp::Args&, pfp::Result&) {
+                pfp_fault::write_to_result_pipe(pfp_fault::ok_frame(pfp::detail::worker_current_ticket, delivered_value()));
                 pfp_fault::inject(how);
               });
               break;
@@ -247,8 +247,8 @@ TEST_CASE("fault matrix: half a frame then an exception at several frame sizes",
                 if (i != fm::faulty) {
                   mp.register_function("f" + std::to_string(i), [i, neighbour](const pfp::Value&, const pfp::Args&) { return neighbour(i); });
                 } else {
-                  mp.register_function("f" + std::to_string(i), [value](const pfp::Value&, const pfp::Args&, pfp::Result& r) {
-                    const std::string frame = pfp_fault::ok_frame(r.index, value);
+                  mp.register_function("f" + std::to_string(i), [value](const pfp::Value&, const pfp::Args&, pfp::Result&) {
+                    const std::string frame = pfp_fault::ok_frame(pfp::detail::worker_current_ticket, value);
                     pfp_fault::write_to_result_pipe(frame.substr(0, frame.size() / 2));
                     throw std::runtime_error("injected fault after half a frame");
                   });

@@ -41,11 +41,15 @@ class ListFeed final : public Feed {
   }
 
  private:
+  // Everything but the name and index, which the slot already has.
   void file(std::uint64_t seq, Result&& r) {
     Result& slot = results_[static_cast<std::size_t>(seq)];
-    r.function_name = std::move(slot.function_name);
-    r.index = slot.index;
-    slot = std::move(r);
+    slot.status = r.status;
+    if (!r.result.is_null() || !slot.result.is_null()) slot.result = std::move(r.result);
+    if (!r.error.empty() || !slot.error.empty()) slot.error = std::move(r.error);
+    slot.pid = r.pid;
+    slot.duration = r.duration;
+    slot.attempts = r.attempts;
   }
   std::vector<Result>& results_;
   std::uint64_t next_ = 0;

@@ -7,7 +7,9 @@
 // The parent always knows which tasks each worker holds, in order, and which one it began, so a
 // worker that dies or hangs costs exactly the task it was running.
 //
-// A task message is three little-endian u64 words -- seq, fn, payload size -- then the payload.
+// A task message is four native u64 words -- ticket, seq, fn, payload size -- then the payload.
+// The ticket names the task on the wire (it picks the parent's slot and is never reused within a
+// run); the frame a worker sends back carries it as its index.
 
 #include <pfp/channel.hpp>
 #include <pfp/detail/posix.hpp>
@@ -29,8 +31,6 @@
 #include <memory>
 #include <new>
 #include <optional>
-#include <set>
-#include <unordered_map>
 #include <string>
 #include <thread>
 #include <vector>
@@ -59,8 +59,8 @@ inline unsigned effective_workers(const Options& o, std::optional<std::size_t> t
 
 /// Most tasks one worker holds at once.
 inline constexpr unsigned max_pipeline_depth = 512;
-/// Task message header: seq, fn, payload size.
-inline constexpr std::size_t task_header_size = 3 * sizeof(std::uint64_t);
+/// Task message header: ticket, seq, fn, payload size.
+inline constexpr std::size_t task_header_size = 4 * sizeof(std::uint64_t);
 
 // ---------------------------------------------------------------- worker side
 
@@ -90,10 +90,14 @@ inline void arm_cpu_limit(const Options& opt) noexcept {
 /// In a worker process: the descriptor its frames go to (-1 elsewhere). For fault-injection tests
 /// that must write broken frames the way a dying worker would; not for ordinary code.
 inline int worker_result_fd = -1;
+/// In a worker process: the index a frame for the running task must carry (its ticket). For the
+/// same fault-injection tests.
+inline std::uint64_t worker_current_ticket = 0;
 
 // Runs one task and encodes its Result into frame.
-inline void run_one(const TaskView& task, const FeedRunner& run, const Options& opt, std::string& frame) {
-  const std::size_t index = static_cast<std::size_t>(task.seq);
+inline void run_one(std::uint64_t ticket, const TaskView& task, const FeedRunner& run, const Options& opt,
+                    std::string& frame) {
+  const std::size_t index = static_cast<std::size_t>(ticket);
   Result r;
   r.index = index;
   auto start = Clock::now();
@@ -114,7 +118,7 @@ inline void run_one(const TaskView& task, const FeedRunner& run, const Options& 
     r.result = Value();
   }
   r.duration = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start);
-  r.index = index;  // whatever the function did to its Result, the frame names the right function
+  r.index = index;  // whatever the function did to its Result, the frame names the right task
   try {
     encode_result_frame_into(r, frame);
     if (frame.size() - frame_header_size > opt.max_result_bytes) {
@@ -152,7 +156,9 @@ inline std::uint64_t bytes_ever_written(int result_fd, SharedBlock* shared) noex
 
 [[noreturn]] inline void worker_loop(int task_fd, int result_fd, SharedBlock* shared, char* ring, const FeedRunner& run,
                                      const Options& opt, unsigned slot) {
-  std::vector<char> in(std::size_t{1} << 16);
+  // Grown without zero-filling: only the bytes read are ever touched.
+  std::size_t in_size = std::size_t{1} << 16;
+  std::unique_ptr<char[]> in(new char[in_size]);
   std::size_t have = 0;  // bytes in `in`
   std::size_t at = 0;    // bytes of `in` already run
   unsigned done = 0;
@@ -169,27 +175,29 @@ inline std::uint64_t bytes_ever_written(int result_fd, SharedBlock* shared) noex
   };
   auto word = [&](std::size_t k) {
     std::uint64_t v;
-    std::memcpy(&v, in.data() + at + k * sizeof v, sizeof v);
+    std::memcpy(&v, in.get() + at + k * sizeof v, sizeof v);
     return v;
   };
   for (;;) {
     // Run every whole message received.
-    while (have - at >= task_header_size && have - at - task_header_size >= word(2)) {
+    while (have - at >= task_header_size && have - at - task_header_size >= word(3)) {
+      const std::uint64_t ticket = word(0);
       TaskView task;
-      task.seq = word(0);
-      task.fn = word(1);
-      task.payload = std::string_view(in.data() + at + task_header_size, static_cast<std::size_t>(word(2)));
+      task.seq = word(1);
+      task.fn = word(2);
+      task.payload = std::string_view(in.get() + at + task_header_size, static_cast<std::size_t>(word(3)));
       task.worker = slot;
       shared->started_at_ns.store(steady_now_ns(), std::memory_order_relaxed);
-      shared->started.store(task.seq + 1, std::memory_order_release);
+      shared->started.store(ticket + 1, std::memory_order_release);
+      worker_current_ticket = ticket;
       arm_cpu_limit(opt);
       // Only the parent reads this pipe, so its byte count can grow during a function only if
       // the function (or something it started) wrote to it.
       const std::uint64_t written_before = bytes_ever_written(result_fd, shared);
-      run_one(task, run, opt, frame);
+      run_one(ticket, task, run, opt, frame);
       if (bytes_ever_written(result_fd, shared) > written_before) {
         std::uint64_t none = 0;
-        shared->corrupted_by.compare_exchange_strong(none, task.seq + 1);
+        shared->corrupted_by.compare_exchange_strong(none, ticket + 1);
       }
       at += task_header_size + task.payload.size();
       flush_standard_streams();  // what the function printed appears even though the worker leaves by _exit
@@ -207,19 +215,21 @@ inline std::uint64_t bytes_ever_written(int result_fd, SharedBlock* shared) noex
     }
     // Keep the partial message, make room for the rest of it, and wait for more.
     if (at > 0) {
-      std::memmove(in.data(), in.data() + at, have - at);
+      std::memmove(in.get(), in.get() + at, have - at);
       have -= at;
       at = 0;
     }
-    if (in.size() > (std::size_t{4} << 20) && have < (std::size_t{1} << 16)) {
-      in.resize(std::size_t{1} << 16);  // give back a big payload's buffer
-      in.shrink_to_fit();
-    }
     std::size_t want = std::size_t{1} << 16;
-    if (have >= task_header_size) want = std::max<std::size_t>(want, static_cast<std::size_t>(task_header_size + word(2) - have));
-    if (in.size() - have < want) in.resize(have + want);
+    if (have >= task_header_size) want = std::max<std::size_t>(want, static_cast<std::size_t>(task_header_size + word(3) - have));
+    // Fit the buffer to what is needed: grown for a big payload, given back after one.
+    if (in_size - have < want || (in_size > (std::size_t{4} << 20) && have + want < in_size / 4)) {
+      std::unique_ptr<char[]> bigger(new char[have + want]);
+      std::memcpy(bigger.get(), in.get(), have);
+      in = std::move(bigger);
+      in_size = have + want;
+    }
     ring_bell();  // about to wait for work: let the parent collect what is in the ring
-    ssize_t got = read_some(task_fd, in.data() + have, in.size() - have);
+    ssize_t got = read_some(task_fd, in.get() + have, in_size - have);
     if (got <= 0) {  // the parent closed the pipe (or died): nothing more to do
       flush_stdio();
       ::_exit(0);
@@ -400,7 +410,7 @@ class Pool {
       }
       feed_waiting_ = false;
       dispatch();
-      if (slots_.empty() && pending_.empty() && feed_exhausted()) break;
+      if (live_ == 0 && pending_.empty() && feed_exhausted()) break;
       fds.clear();
       polled.clear();
       if (cancel_ && cancel_->wake_fd() >= 0) {
@@ -456,8 +466,8 @@ class Pool {
     UniqueFd result_r;
     SharedRegion shared;
     RingReader ring;
-    std::deque<std::uint64_t> queue;  // sent and not yet answered, in the order the worker runs them
-    std::deque<std::uint64_t> answered;  // the last tasks it answered (a late protocol error may blame one)
+    std::deque<std::uint64_t> queue;  // tickets sent and not yet answered, in the order the worker runs them
+    std::deque<std::pair<std::uint64_t, std::uint64_t>> answered;  // (ticket, seq) of the last tasks it answered
     Clock::time_point head_since{};  // when the front of the queue became the front
     unsigned sent = 0;
     std::string out;           // task messages not yet written to the task pipe
@@ -467,10 +477,12 @@ class Pool {
     std::size_t consumed = 0;  // bytes of buf already parsed
   };
 
-  // A task pulled from the feed and not yet delivered.
+  // A task pulled from the feed and not yet delivered; slots are reused, tickets are not.
   struct Slot {
     Task task;
     Result result;
+    std::uint64_t seq = 0;
+    std::uint32_t generation = 0;
     bool struck = false;  // already re-run once after a corrupt stream
   };
 
@@ -478,14 +490,19 @@ class Pool {
   static constexpr std::size_t read_chunk = std::size_t{1} << 16;
   static constexpr std::size_t out_limit = std::size_t{1} << 20;  // payload bytes queued per worker
   static constexpr std::size_t answered_kept = 64;
+  // A ticket is (generation << slot_bits) | slot: small numbers, so short varints in frames.
+  static constexpr unsigned slot_bits = 20;
+  static constexpr std::uint64_t slot_mask = (std::uint64_t{1} << slot_bits) - 1;
 
   const FeedRunner& run_;
   const Options& options_;
   Feed& feed_;
   CancelState* cancel_;
   std::vector<std::unique_ptr<Worker>> workers_;
-  std::unordered_map<std::uint64_t, Slot> slots_;
-  std::deque<std::uint64_t> pending_;  // pulled, in no worker's queue (retries, tasks handed back)
+  std::vector<Slot> slots_;
+  std::vector<std::uint32_t> free_slots_;
+  std::size_t live_ = 0;               // slots in use: tasks pulled and not yet delivered
+  std::deque<std::uint64_t> pending_;  // tickets pulled, in no worker's queue (retries, tasks handed back)
   std::uint64_t next_seq_ = 0;
   bool feed_done_ = false;     // pull() gave nothing and finished() said so
   bool feed_waiting_ = false;  // pull() gave nothing for now
@@ -513,14 +530,14 @@ class Pool {
 
   // ---- the feed
 
-  // The next task to hand out (a handed-back one first), or nullopt.
+  // The next task's ticket (a handed-back one first), or nullopt.
   std::optional<std::uint64_t> next_task() {
     if (!pending_.empty()) {
-      std::uint64_t seq = pending_.front();
+      std::uint64_t ticket = pending_.front();
       pending_.pop_front();
-      return seq;
+      return ticket;
     }
-    if (feed_exhausted() || feed_waiting_) return std::nullopt;
+    if (feed_exhausted() || feed_waiting_ || (free_slots_.empty() && slots_.size() > slot_mask)) return std::nullopt;
     std::optional<Task> task;
     try {
       task = feed_.pull();
@@ -535,25 +552,49 @@ class Pool {
       source_error_ = std::current_exception();
       return std::nullopt;
     }
-    const std::uint64_t seq = next_seq_++;
-    Slot& slot = slots_[seq];
+    std::uint32_t index;
+    if (!free_slots_.empty()) {
+      index = free_slots_.back();
+      free_slots_.pop_back();
+    } else {
+      index = static_cast<std::uint32_t>(slots_.size());
+      slots_.emplace_back();
+    }
+    ++live_;
+    Slot& slot = slots_[index];
     slot.task = std::move(*task);
-    slot.result.index = static_cast<std::size_t>(seq);
-    return seq;
+    slot.seq = next_seq_++;
+    // A reused slot's Result was moved out by deliver(): put back only what a move may leave.
+    Result& r = slot.result;
+    r.index = static_cast<std::size_t>(slot.seq);
+    r.status = Status::cancelled;
+    if (!r.result.is_null()) r.result = Value();
+    r.error.clear();
+    r.pid = 0;
+    r.duration = {};
+    r.attempts = 0;
+    slot.struck = false;
+    ++slot.generation;
+    return (std::uint64_t{slot.generation} << slot_bits) | index;
   }
 
-  void deliver(std::uint64_t seq) {
-    auto it = slots_.find(seq);
-    Result r = std::move(it->second.result);
-    slots_.erase(it);
+  Slot& slot_of(std::uint64_t ticket) { return slots_[static_cast<std::size_t>(ticket & slot_mask)]; }
+  Result& result_of(std::uint64_t ticket) { return slot_of(ticket).result; }
+
+  void deliver(std::uint64_t ticket) {
+    Slot& slot = slot_of(ticket);
     try {
-      feed_.deliver(seq, std::move(r));
+      feed_.deliver(slot.seq, std::move(slot.result));
     } catch (...) {
       consumer_failed();
     }
+    if (slot.task.payload.capacity() > 4096)
+      std::string().swap(slot.task.payload);
+    else
+      slot.task.payload.clear();
+    free_slots_.push_back(static_cast<std::uint32_t>(ticket & slot_mask));
+    --live_;
   }
-
-  Result& result_of(std::uint64_t seq) { return slots_.find(seq)->second.result; }
 
   // ---- starting workers
 
@@ -620,12 +661,12 @@ class Pool {
     if (!workers_.empty()) return;
     const std::string why = "not run: could not start a worker process: " + last_spawn_error_;
     while (!pending_.empty()) {
-      std::uint64_t seq = pending_.front();
+      std::uint64_t ticket = pending_.front();
       pending_.pop_front();
-      Result& r = result_of(seq);
+      Result& r = result_of(ticket);
       r.status = Status::cancelled;
       r.error = why;
-      deliver(seq);
+      deliver(ticket);
     }
     if (!feed_exhausted()) {
       feed_done_ = true;
@@ -658,13 +699,14 @@ class Pool {
       bool added = false;
       while (w->queue.size() < limit && w->out.size() - w->out_at < out_limit) {
         if (options_.max_tasks_per_worker && w->sent >= options_.max_tasks_per_worker) break;
-        std::optional<std::uint64_t> seq = next_task();
-        if (!seq) break;
-        const Task& task = slots_.find(*seq)->second.task;
+        std::optional<std::uint64_t> ticket = next_task();
+        if (!ticket) break;
+        const Slot& slot = slot_of(*ticket);
+        const Task& task = slot.task;
         if (w->queue.empty()) w->head_since = Clock::now();
-        w->queue.push_back(*seq);
+        w->queue.push_back(*ticket);
         ++w->sent;
-        const std::uint64_t header[3] = {*seq, task.fn, task.payload.size()};
+        const std::uint64_t header[4] = {*ticket, slot.seq, task.fn, task.payload.size()};
         w->out.append(reinterpret_cast<const char*>(header), sizeof header);
         w->out.append(task.payload);
         added = true;
@@ -831,8 +873,8 @@ class Pool {
     }
   }
 
-  static bool holds(const Worker& w, std::uint64_t seq) {
-    return std::find(w.queue.begin(), w.queue.end(), seq) != w.queue.end();
+  static bool holds(const Worker& w, std::uint64_t ticket) {
+    return std::find(w.queue.begin(), w.queue.end(), ticket) != w.queue.end();
   }
 
   // The worker's stream is corrupt: something wrote on its result pipe that the worker did not
@@ -848,10 +890,10 @@ class Pool {
       while (!w.queue.empty()) {
         std::string_view frame = ring_frame(w);
         if (frame.empty()) break;
-        std::uint64_t seq = frame_index(frame);
-        if (seq == w.queue.front()) {
+        std::uint64_t ticket = frame_index(frame);
+        if (ticket == w.queue.front()) {
           accept(w, decode_result_frame(frame, max_frame()));
-        } else if (holds(w, seq)) {
+        } else if (holds(w, ticket)) {
           break;
         }
         w.ring.advance(frame.size());
@@ -861,23 +903,25 @@ class Pool {
     const std::uint64_t culprit = w.shared.block()->corrupted_by.load(std::memory_order_acquire);
     // A culprit that already has its verdict from this worker loses it: what it sent cannot be
     // trusted. Feeds that can still change what they reported are told.
-    if (culprit != 0 && std::find(w.answered.begin(), w.answered.end(), culprit - 1) != w.answered.end()) {
+    auto answered = std::find_if(w.answered.begin(), w.answered.end(), [&](const auto& a) { return a.first + 1 == culprit; });
+    if (culprit != 0 && answered != w.answered.end()) {
+      const std::uint64_t seq = answered->second;
       Result r;
-      r.index = static_cast<std::size_t>(culprit - 1);
+      r.index = static_cast<std::size_t>(seq);
       r.status = Status::crashed;
       r.error = why + " (this function wrote to pfp's result pipe)";
       r.pid = static_cast<int>(w.pid);
       r.attempts = 1;
       try {
-        feed_.amend(culprit - 1, std::move(r));
+        feed_.amend(seq, std::move(r));
       } catch (...) {
         consumer_failed();
       }
     }
     if (!w.queue.empty() && head_began(w) && culprit != 0 && culprit != w.queue.front() + 1 &&
-        !slots_.find(w.queue.front())->second.struck) {
+        !slot_of(w.queue.front()).struck) {
       std::uint64_t again = w.queue.front();
-      slots_.find(again)->second.struck = true;
+      slot_of(again).struck = true;
       w.queue.pop_front();
       settle_queue(w, Status::crashed, why);  // the rest never started
       pending_.push_front(again);
@@ -894,11 +938,11 @@ class Pool {
   }
 
   void accept(Worker& w, Result&& decoded) {
-    const std::uint64_t seq = w.queue.front();
+    const std::uint64_t ticket = w.queue.front();
     w.queue.pop_front();
-    w.answered.push_back(seq);
+    w.answered.emplace_back(ticket, slot_of(ticket).seq);
     if (w.answered.size() > answered_kept) w.answered.pop_front();
-    Result& r = result_of(seq);
+    Result& r = result_of(ticket);
     r.status = decoded.status;
     r.error = std::move(decoded.error);
     r.result = std::move(decoded.result);
@@ -906,21 +950,21 @@ class Pool {
     r.pid = static_cast<int>(w.pid);
     double ns = static_cast<double>(r.duration.count());
     mean_duration_ns_ = mean_duration_ns_ < 0 ? ns : mean_duration_ns_ * 0.875 + ns * 0.125;
-    conclude(seq);
+    conclude(ticket);
     w.head_since = Clock::now();
   }
 
   // One attempt of a task reached a verdict: it is final unless the options ask to try again.
-  void conclude(std::uint64_t seq) {
-    Result& r = result_of(seq);
+  void conclude(std::uint64_t ticket) {
+    Result& r = result_of(ticket);
     ++r.attempts;
     bool retryable = r.status == Status::crashed || r.status == Status::timed_out ||
                      (r.status == Status::exception && options_.retry_exceptions);
     if (retryable && r.attempts <= options_.retries) {
-      pending_.push_back(seq);
+      pending_.push_back(ticket);
       return;
     }
-    deliver(seq);
+    deliver(ticket);
   }
 
   // Whether the worker began the function at the front of its queue, and when.
@@ -947,16 +991,16 @@ class Pool {
       std::vector<std::uint64_t> waiting(w->queue.begin() + 1, w->queue.end());
       w->queue.resize(1);
       kill_worker(*w, Status::cancelled, "cancelled while running: the worker was killed with everything it started");
-      for (std::uint64_t seq : waiting) pending_.push_front(seq);
+      for (std::uint64_t ticket : waiting) pending_.push_front(ticket);
     }
     while (!pending_.empty()) {
-      std::uint64_t seq = pending_.front();
+      std::uint64_t ticket = pending_.front();
       pending_.pop_front();
-      Result& r = result_of(seq);
+      Result& r = result_of(ticket);
       r.status = Status::cancelled;
       r.error = "cancelled before it started";
       r.result = Value();
-      deliver(seq);
+      deliver(ticket);
     }
     if (!feed_done_) {
       feed_done_ = true;
@@ -978,8 +1022,8 @@ class Pool {
     // that had already delivered its result (or in flushing its output), not in this one.
     const bool began = head_began(w).has_value();
     if (began) {
-      const std::uint64_t seq = w.queue.front();
-      Result& r = result_of(seq);
+      const std::uint64_t ticket = w.queue.front();
+      Result& r = result_of(ticket);
       r.status = status;
       r.error = why;
       r.result = Value();
@@ -989,9 +1033,9 @@ class Pool {
       w.queue.pop_front();
       if (status == Status::cancelled) {
         ++r.attempts;
-        deliver(seq);
+        deliver(ticket);
       } else {
-        conclude(seq);
+        conclude(ticket);
       }
     }
     // Otherwise it died between tasks: nothing it held had started.
