@@ -1,0 +1,338 @@
+#ifndef PFP_BACKEND_HPP
+#define PFP_BACKEND_HPP
+
+// The backends that run a Feed (feed.hpp) inside this process -- a pool of threads, or the
+// calling thread alone -- and run_feed(), which hands a Feed to the backend Options::backend names.
+//
+// In-process backends give the same Results as the process backend for everything a function
+// does by returning or throwing: the same status, result, error text ("<demangled type>: what()"),
+// attempts and retries of exceptions (Options::retries with Options::retry_exceptions), the same
+// Options::max_result_bytes verdict. What they cannot give is isolation:
+//   - a crash (a signal, abort(), exit()) in a function ends the whole program, the caller included;
+//   - Options::timeout is not enforced: a thread cannot be killed, so a function runs to its end
+//     and keeps the verdict it reaches (a hang hangs the run);
+//   - Options::memory_limit, Options::cpu_limit, Options::max_tasks_per_worker and
+//     Options::threads do not apply (they are properties of worker processes);
+//   - cancel (CancelState) and Feed::stop_requested() stop the pulling of new tasks; tasks already
+//     running finish and are delivered with their own verdict (the process backend kills them);
+//   - functions share the process: what one changes in globals, the context or its args is seen
+//     by the others and by the caller. With threads they run concurrently and must be thread-safe.
+// Result::pid is this process's pid.
+
+#include <pfp/detail/posix.hpp>
+#include <pfp/error.hpp>
+#include <pfp/feed.hpp>
+#include <pfp/options.hpp>
+#include <pfp/pool.hpp>
+#include <pfp/result.hpp>
+#include <pfp/serialization.hpp>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <system_error>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <poll.h>
+#include <unistd.h>
+
+namespace pfp {
+namespace detail {
+
+/// Runs one attempt of `task` in the calling thread and returns its verdict: Status::ok with what
+/// the runner put in r.result, or Status::exception with "<demangled type>: what()" and a null
+/// result. Like the process backend, an ok result that pfp could not send (too deep to encode, or
+/// larger than Options::max_result_bytes once encoded) becomes Status::exception. Never throws
+/// except std::bad_alloc.
+inline Result run_attempt_here(const FeedRunner& run, const Options& opt, const TaskView& task) {
+  Result r;
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    run(task, r);
+    r.status = Status::ok;
+    r.error.clear();
+  } catch (...) {
+    r.status = Status::exception;
+    r.error = describe_current_exception();
+    r.result = Value();
+  }
+  r.duration = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start);
+  if (r.status == Status::ok) {
+    try {
+      const std::size_t size = encoded_size(r.result);
+      if (size > opt.max_result_bytes) {
+        r.status = Status::exception;
+        r.error = "pfp: the result of " + std::to_string(size) + " bytes exceeds Options::max_result_bytes (" +
+                  std::to_string(opt.max_result_bytes) + " bytes)";
+        r.result = Value();
+      }
+    } catch (...) {
+      r.status = Status::exception;
+      r.error = "pfp: could not serialize the result: " + describe_current_exception();
+      r.result = Value();
+    }
+  }
+  return r;
+}
+
+/// Runs `task` in the calling thread to its final verdict: attempts are repeated while the
+/// function throws, Options::retry_exceptions is set and fewer than 1 + Options::retries were
+/// made. The Result is ready for Feed::deliver: index = task.seq, empty function_name, pid =
+/// getpid(), attempts = attempts made, duration = the last attempt's.
+inline Result run_task_here(const FeedRunner& run, const Options& opt, const TaskView& task) {
+  Result r;
+  for (unsigned attempts = 1;; ++attempts) {
+    r = run_attempt_here(run, opt, task);
+    r.attempts = attempts;
+    if (r.status != Status::exception || !opt.retry_exceptions || attempts > opt.retries) break;
+  }
+  r.function_name.clear();
+  r.index = static_cast<std::size_t>(task.seq);
+  r.pid = static_cast<int>(::getpid());
+  return r;
+}
+
+/// Waits until one of the descriptors is readable (-1 = none). A feed that has no wake_fd() but
+/// may still give tasks breaks the Feed contract; it is looked at again every 10 ms instead of
+/// hanging the run. A signal ends the wait early: callers look again anyway.
+inline void wait_readable(int feed_fd, int cancel_fd, int interrupt_fd = -1) noexcept {
+  pollfd fds[3];
+  nfds_t n = 0;
+  for (int fd : {feed_fd, cancel_fd, interrupt_fd})
+    if (fd >= 0) fds[n++] = pollfd{fd, POLLIN, 0};
+  const int rc = ::poll(fds, n, feed_fd >= 0 ? -1 : 10);
+  if (rc > 0 && feed_fd >= 0 && (fds[0].revents & POLLNVAL)) ::poll(nullptr, 0, 10);  // a closed wake_fd: no busy loop
+}
+
+/// Whether the run must stop pulling: cancelled, or the feed asks for it (fail-fast).
+inline bool stop_wanted(Feed& feed, const CancelState* cancel) {
+  return (cancel && cancel->requested()) || feed.stop_requested();
+}
+
+/// Tells the feed that the tasks it has not given will not run, as the process backend does when
+/// a run is stopped. What drop_rest() throws is kept in `error` unless an earlier exception is.
+inline void drop_rest_noexcept(Feed& feed, std::exception_ptr& error) noexcept {
+  try {
+    feed.drop_rest("cancelled before it started");
+  } catch (...) {
+    if (!error) error = std::current_exception();
+  }
+}
+
+/// The inline backend: pulls and runs the tasks of `feed` one after another in the calling
+/// thread (TaskView::worker = 0), delivering each Result as soon as its task ends. Between tasks
+/// it stops when cancel->requested() or feed.stop_requested(), calling feed.drop_rest(). When the
+/// feed has nothing now but is not finished it sleeps in poll() on feed.wake_fd() (and
+/// cancel->wake_fd()). Returns when the feed is finished or the run stopped.
+/// Throws what feed.pull() throws (every task that ran was delivered by then), and what
+/// deliver() or stop_requested() throws (after stopping the run as if cancelled).
+/// Options::timeout, memory_limit, cpu_limit, max_tasks_per_worker are not enforced (see top of file).
+inline void run_feed_inline(const FeedRunner& run, const Options& opt, Feed& feed, CancelState* cancel) {
+  std::exception_ptr error;  // what deliver() or stop_requested() threw: the run stops
+  for (std::uint64_t seq = 0;;) {
+    try {
+      if (stop_wanted(feed, cancel)) break;
+    } catch (...) {
+      error = std::current_exception();
+      break;
+    }
+    std::optional<Task> task = feed.pull();  // a throw goes straight out: no task is in flight
+    if (!task) {
+      if (feed.finished()) return;
+      wait_readable(feed.wake_fd(), cancel ? cancel->wake_fd() : -1);
+      continue;
+    }
+    TaskView view;
+    view.seq = seq++;
+    view.fn = task->fn;
+    view.payload = task->payload;
+    view.worker = 0;
+    try {
+      feed.deliver(view.seq, run_task_here(run, opt, view));
+    } catch (...) {
+      error = std::current_exception();
+      break;
+    }
+  }
+  drop_rest_noexcept(feed, error);
+  if (error) std::rethrow_exception(error);
+}
+
+/// The threads backend's state for one run: worker threads share the Feed under one mutex.
+class ThreadRun {
+ public:
+  ThreadRun(const FeedRunner& run, const Options& opt, Feed& feed, CancelState* cancel)
+      : run_(run), opt_(opt), feed_(feed), cancel_(cancel) {}
+  ThreadRun(const ThreadRun&) = delete;
+  ThreadRun& operator=(const ThreadRun&) = delete;
+
+  void run() {
+    const std::optional<std::size_t> hint = feed_.size_hint();
+    const unsigned n = effective_workers(opt_, hint);
+    std::vector<std::thread> threads;
+    threads.reserve(n > 0 ? n - 1 : 0);
+    for (unsigned slot = 1; slot < n; ++slot) {
+      try {
+        threads.emplace_back([this, slot] { work(slot); });
+      } catch (const std::system_error&) {
+        break;  // the system refuses more threads: the ones that exist share the work
+      }
+    }
+    work(0);  // the calling thread is worker slot 0
+    for (std::thread& t : threads) t.join();
+    if (consumer_error_) std::rethrow_exception(consumer_error_);
+    if (source_error_) std::rethrow_exception(source_error_);
+  }
+
+ private:
+  // One worker thread: pull, run (unlocked), deliver, until the feed has nothing more for it.
+  void work(unsigned slot) noexcept {
+    std::unique_lock<std::mutex> lock(mutex_);
+    try {
+      for (;;) {
+        std::optional<Task> task = next(lock);
+        if (!task) return;
+        TaskView view;
+        view.seq = next_seq_++;
+        view.fn = task->fn;
+        view.payload = task->payload;
+        view.worker = slot;
+        lock.unlock();
+        Result r = run_task_here(run_, opt_, view);
+        lock.lock();
+        try {
+          feed_.deliver(view.seq, std::move(r));
+        } catch (...) {
+          consumer_failed();
+        }
+      }
+    } catch (...) {  // out of memory outside a task: the run stops
+      if (!lock.owns_lock()) lock.lock();
+      consumer_failed();
+    }
+  }
+
+  // The next task for this thread, or nullopt when the run takes no more (finished, stopped, or
+  // failed). Called and returns with the lock held.
+  std::optional<Task> next(std::unique_lock<std::mutex>& lock) {
+    for (;;) {
+      if (closed_) return std::nullopt;
+      try {
+        if (stop_wanted(feed_, cancel_)) {
+          close(true);
+          return std::nullopt;
+        }
+      } catch (...) {
+        consumer_failed();
+        return std::nullopt;
+      }
+      try {
+        std::optional<Task> task = feed_.pull();
+        if (task) return task;
+        if (feed_.finished()) {
+          close(false);
+          return std::nullopt;
+        }
+        if (polling_) {
+          cv_.wait(lock);  // another thread waits on the descriptors for all
+          continue;
+        }
+        wait_for_more(lock);
+      } catch (...) {  // no more tasks; the ones given finish and are delivered
+        if (!source_error_) source_error_ = std::current_exception();
+        close(false);
+        return std::nullopt;
+      }
+    }
+  }
+
+  // Sleeps in poll() on the feed's and the cancel's descriptors, and on interrupt_ (close()
+  // writes to it), with the lock released; then lets the threads on the condition variable look.
+  void wait_for_more(std::unique_lock<std::mutex>& lock) {
+    if (!interrupt_.read) interrupt_ = make_pipe();
+    const int feed_fd = feed_.wake_fd();
+    const int cancel_fd = cancel_ ? cancel_->wake_fd() : -1;
+    polling_ = true;
+    lock.unlock();
+    wait_readable(feed_fd, cancel_fd, interrupt_.read.get());
+    lock.lock();
+    polling_ = false;
+    cv_.notify_all();
+  }
+
+  // deliver(), stop_requested() or drop_rest() threw: the run stops as if cancelled.
+  void consumer_failed() noexcept {
+    if (!consumer_error_) consumer_error_ = std::current_exception();
+    close(true);
+  }
+
+  // No more pulls; with `drop`, the feed hears that what it has not given will not run. Wakes
+  // every waiting thread. Called with the lock held.
+  void close(bool drop) noexcept {
+    if (closed_) return;
+    closed_ = true;
+    if (drop) drop_rest_noexcept(feed_, consumer_error_);
+    if (interrupt_.write) {
+      const char byte = 1;
+      [[maybe_unused]] const bool ignored = write_all(interrupt_.write.get(), &byte, 1);
+    }
+    cv_.notify_all();
+  }
+
+  const FeedRunner& run_;
+  const Options& opt_;
+  Feed& feed_;
+  CancelState* cancel_;
+  std::mutex mutex_;               // guards every member below and every call to feed_
+  std::condition_variable cv_;
+  std::uint64_t next_seq_ = 0;
+  bool closed_ = false;            // no thread pulls again
+  bool polling_ = false;           // one thread is in wait_for_more()
+  std::exception_ptr source_error_;    // pull(), finished() or wake_fd() threw
+  std::exception_ptr consumer_error_;  // deliver(), stop_requested() or drop_rest() threw
+  Pipe interrupt_;                 // wakes the polling thread when the run closes
+};
+
+/// The threads backend: runs the tasks of `feed` on Options::workers threads of this process
+/// (0 = std::thread::hardware_concurrency(); never more than feed.size_hint()), the calling
+/// thread being one of them; TaskView::worker is the thread's slot, 0 .. workers-1. Every call to
+/// the Feed is made under one mutex, so the Feed needs no locking of its own; the runner is called
+/// concurrently and must be thread-safe. Between tasks each thread stops when cancel->requested()
+/// or feed.stop_requested() (then feed.drop_rest() is called once); tasks already running finish
+/// and are delivered. With nothing ready in a feed that is not finished, one thread sleeps in
+/// poll() on feed.wake_fd() and cancel->wake_fd(), the others on a condition variable.
+/// Returns when every pulled task was delivered and no more will be pulled. Throws, once every
+/// task pulled was delivered: what deliver(), stop_requested() or drop_rest() threw (the run
+/// stops as if cancelled), else what pull() or finished() threw (the run stops pulling), or
+/// pfp::error when no descriptor is left for its internal wake-up pipe.
+/// Options::timeout, memory_limit, cpu_limit, max_tasks_per_worker are not enforced (see top of file).
+inline void run_feed_threads(const FeedRunner& run, const Options& opt, Feed& feed, CancelState* cancel) {
+  ThreadRun(run, opt, feed, cancel).run();
+}
+
+/// Runs `feed` to its end on the backend options.backend names: worker processes
+/// (run_feed_processes, pool.hpp), threads of this process (run_feed_threads) or the calling
+/// thread (run_feed_inline). Every task pulled gets exactly one delivered Result; what each
+/// backend enforces and what it throws is said at each of them.
+/// Throws pfp::error if options.backend is not one of the Backend values.
+inline void run_feed(const FeedRunner& run, const Options& options, Feed& feed, CancelState* cancel) {
+  switch (options.backend) {
+    case Backend::processes: run_feed_processes(run, options, feed, cancel); return;
+    case Backend::threads: run_feed_threads(run, options, feed, cancel); return;
+    case Backend::inline_: run_feed_inline(run, options, feed, cancel); return;
+  }
+  throw error("pfp: Options::backend holds " + std::to_string(static_cast<int>(options.backend)) +
+              ", which is not a pfp::Backend; use Backend::processes, Backend::threads or Backend::inline_");
+}
+
+}  // namespace detail
+}  // namespace pfp
+
+#endif  // PFP_BACKEND_HPP
