@@ -8,6 +8,7 @@
 #include <pfp/batch.hpp>
 #include <pfp/channel.hpp>
 #include <pfp/error.hpp>
+#include <pfp/executor.hpp>
 #include <pfp/multiprocessor.hpp>
 #include <pfp/options.hpp>
 #include <pfp/progress.hpp>
