@@ -7,6 +7,7 @@
 #include <pfp/result.hpp>
 #include <pfp/value.hpp>
 
+#include <chrono>
 #include <cstddef>
 #include <functional>
 #include <memory>
@@ -54,6 +55,11 @@ class ListFeed final : public Feed {
   std::vector<Result>& results_;
   std::uint64_t next_ = 0;
 };
+
+template <class T>
+struct is_std_function : std::false_type {};
+template <class S>
+struct is_std_function<std::function<S>> : std::true_type {};
 
 inline void validate(const Options& o) {
   if (o.timeout.count() < 0)
@@ -113,6 +119,69 @@ class MultiProcessor {
     return *this;
   }
 
+  /// Registers f and args like the three-argument overload, together with a result processor:
+  /// process_results(config) calls processor(result, config) in this process after a run, with
+  /// f's Result and the caller's config object (the two-phase pattern: gather in parallel, then
+  /// process single-threaded). processor is callable as
+  ///   void processor(const pfp::Result& result, pfp::Value& config)
+  /// (any return value is ignored). Throws pfp::error if processor is an empty std::function or a
+  /// null function pointer. Returns *this for chaining.
+  template <class F, class A, class P>
+  MultiProcessor& register_function(std::string name, F f, A args, P processor) {
+    using Proc = std::decay_t<P>;
+    static_assert(std::is_invocable_v<Proc&, const Result&, Value&>,
+                  "pfp::MultiProcessor::register_function: the result processor (4th argument) must be callable as "
+                  "void processor(const pfp::Result& result, pfp::Value& config)");
+    if constexpr (std::is_pointer_v<Proc> || detail::is_std_function<Proc>::value) {
+      if (!processor)
+        throw error("pfp::MultiProcessor::register_function: the result processor of '" + name +
+                    "' is empty; pass a callable, or use the three-argument overload for no processor");
+    }
+    register_function(std::move(name), std::move(f), std::move(args));
+    processors_.resize(tasks_.size());
+    processors_.back() = [p = Proc(std::move(processor))](const Result& r, Value& config) mutable { p(r, config); };
+    return *this;
+  }
+
+  /// Phase two of the two-phase pattern: calls each registered result processor, in this process,
+  /// one after another in registration order, with its function's Result of the last run and
+  /// `config` (typically a pfp::Value object the processors fill with config["key"] = value).
+  /// Functions registered without a processor are skipped. A processor runs whatever its
+  /// function's status, so it sees failures (check result.ok(), result.status, result.error).
+  /// A processor that throws does not stop the others: once all ran, one pfp::error is thrown that
+  /// names every processor that threw (function name, index, exception type and what()); what the
+  /// processors wrote to config stays there. May be called again (e.g. with another config).
+  /// Throws pfp::error without calling any processor when there is no complete last run: before
+  /// the first execute_parallel(), during one, or after functions were registered since.
+  void process_results(Value& config) {
+    if (running_) throw error("pfp::MultiProcessor::process_results: a run is in progress; call it after execute_parallel() returned");
+    if (results_.size() != tasks_.size())
+      throw error("pfp::MultiProcessor::process_results: " +
+                  std::string(results_.empty() && !tasks_.empty() ? "there is no run yet"
+                                                                  : "functions were registered after the last run") +
+                  "; call execute_parallel() first");
+    std::string failures;
+    std::size_t failed = 0, ran = 0;
+    for (std::size_t i = 0; i < processors_.size(); ++i) {
+      if (!processors_[i]) continue;
+      ++ran;
+      try {
+        processors_[i](results_[i], config);
+      } catch (...) {
+        ++failed;
+        failures += (failures.empty() ? "" : "; ") + ("'" + tasks_[i].name + "' (#" + std::to_string(i) + "): ") +
+                    detail::describe_current_exception();
+      }
+    }
+    if (failed)
+      throw error("pfp::MultiProcessor::process_results: " + std::to_string(failed) + " of " + std::to_string(ran) +
+                  " result processors threw: " + failures);
+  }
+
+  /// Wall-clock time of the last execute_parallel(), from its start to its return (zero before
+  /// the first run): the run's total, next to each Result's own duration.
+  std::chrono::nanoseconds last_run_duration() const noexcept { return last_run_duration_; }
+
   /// Runs every registered function in worker processes and returns one Result per registration,
   /// in registration order, whatever the functions do (return, throw, crash, exit, hang, print).
   /// May be called again; each call runs everything anew. When it returns, every worker has been
@@ -126,6 +195,7 @@ class MultiProcessor {
       bool& flag;
       ~Reset() { flag = false; }
     } reset{running_};
+    const auto run_started = std::chrono::steady_clock::now();
 
     std::vector<Result> fresh(tasks_.size());
     for (std::size_t i = 0; i < tasks_.size(); ++i) {
@@ -147,6 +217,7 @@ class MultiProcessor {
     detail::ListFeed feed(fresh);
     detail::run_feed_processes(runner, options_, feed, cancel_.get());
     results_ = std::move(fresh);
+    last_run_duration_ = std::chrono::steady_clock::now() - run_started;
     return results_;
   }
 
@@ -176,6 +247,8 @@ class MultiProcessor {
   Options options_;
   std::vector<Task> tasks_;
   std::vector<Result> results_;
+  std::vector<std::function<void(const Result&, Value&)>> processors_;  // by function index; empty = none
+  std::chrono::nanoseconds last_run_duration_{0};
   std::unique_ptr<detail::CancelState> cancel_;
   bool running_ = false;
 };
