@@ -1,0 +1,408 @@
+#ifndef PFP_MAP_HPP
+#define PFP_MAP_HPP
+
+// pfp::map and friends: one function applied to every item, in worker processes.
+//
+//   map / map_results / map_unordered  -- items that exist before the run (containers with
+//       random access, several zipped like Python's map(f, a, b)): the workers inherit them by
+//       fork, nothing is serialized but the results; `chunksize` items travel as one task.
+//   imap / imap_unordered              -- a lazy source (an input range, or a callable returning
+//       std::optional<T>, of any length, even endless): items are serialized as they are pulled,
+//       and at most `max_in_flight` are pulled and not yet handed to you, so memory stays flat.
+//
+// Every item gets exactly one Result (index = its position in the input). An item that throws is
+// Status::exception on its own; a crash or timeout costs the items of its chunk.
+
+#include <pfp/backend.hpp>
+#include <pfp/detail/posix.hpp>
+#include <pfp/error.hpp>
+#include <pfp/executor.hpp>
+#include <pfp/feed.hpp>
+#include <pfp/options.hpp>
+#include <pfp/result.hpp>
+#include <pfp/serialization.hpp>
+#include <pfp/value.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <iterator>
+#include <map>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <unistd.h>
+
+namespace pfp {
+
+/// Options of map() and imap(): the run's Options plus how items are grouped and bounded.
+struct MapOptions : Options {
+  /// Items per task: larger chunks cost fewer round trips; a crash or timeout costs the whole
+  /// chunk. 0 = automatic (about 4 chunks per worker for map(); 1 for imap()).
+  std::size_t chunksize = 1;
+  /// imap(): items pulled from the source and not yet handed to on_result; 0 = 64 per worker.
+  std::size_t max_in_flight = 0;
+};
+
+namespace detail {
+
+// An item's verdict inside a chunk's Value: [status, value or error text, duration in ns].
+inline Value item_entry(Status status, Value v, std::chrono::nanoseconds d) {
+  Value e = Value::array();
+  e.push_back(static_cast<int>(status));
+  e.push_back(std::move(v));
+  e.push_back(static_cast<long long>(d.count()));
+  return e;
+}
+
+// Runs f on one item inside a worker; an exception is the item's own verdict.
+template <class Call>
+Value run_item(Call&& call) {
+  auto start = std::chrono::steady_clock::now();
+  try {
+    Value v = call();
+    return item_entry(Status::ok, std::move(v), std::chrono::steady_clock::now() - start);
+  } catch (...) {
+    return item_entry(Status::exception, Value(describe_current_exception()), std::chrono::steady_clock::now() - start);
+  }
+}
+
+template <class F, class... Items>
+Value call_item(F& f, Items&&... items) {
+  using R = std::invoke_result_t<F&, Items...>;
+  static_assert(std::is_void_v<R> || std::is_constructible_v<Value, R>,
+                "pfp::map: the function's return type cannot be converted to pfp::Value; define "
+                "void to_value(pfp::Value&, const T&) in the type's namespace");
+  if constexpr (std::is_void_v<R>) {
+    f(std::forward<Items>(items)...);
+    return Value();
+  } else {
+    return Value(f(std::forward<Items>(items)...));
+  }
+}
+
+// Splits a chunk's Result into one Result per item and hands each to `emit(index, Result&&)`.
+template <class Emit>
+void split_chunk(const Result& chunk, std::size_t first, std::size_t count, Emit&& emit) {
+  const bool whole = chunk.ok() && chunk.result.is_array() && chunk.result.size() == count;
+  for (std::size_t k = 0; k < count; ++k) {
+    Result r;
+    r.index = first + k;
+    r.pid = chunk.pid;
+    r.attempts = chunk.attempts;
+    if (whole) {
+      const Value& e = chunk.result.at(k);
+      r.status = static_cast<Status>(e.at(0).as<int>());
+      if (r.status == Status::ok)
+        r.result = e.at(1);
+      else
+        r.error = e.at(1).as<std::string>();
+      r.duration = std::chrono::nanoseconds(e.at(2).as<long long>());
+    } else {
+      r.status = chunk.ok() ? Status::exception : chunk.status;
+      r.error = chunk.ok() ? "pfp: a chunk's result was malformed" : chunk.error;
+      r.duration = chunk.duration;
+    }
+    emit(first + k, std::move(r));
+  }
+}
+
+inline std::size_t map_workers(const Options& o) { return effective_workers(o); }
+
+// map(): chunk c covers items [c * size, min(n, (c + 1) * size)); fn = c, nothing serialized.
+template <class OnItem>
+class ChunkFeed final : public Feed {
+ public:
+  ChunkFeed(std::size_t items, std::size_t chunk, OnItem& on_item) : items_(items), chunk_(chunk), on_item_(on_item) {}
+  std::optional<Task> pull() override {
+    if (next_ * chunk_ >= items_) return std::nullopt;
+    return Task{next_++, {}};
+  }
+  bool finished() override { return true; }
+  std::optional<std::size_t> size_hint() const override { return (items_ + chunk_ - 1) / chunk_; }
+  void deliver(std::uint64_t seq, Result&& r) override {
+    const std::size_t first = static_cast<std::size_t>(seq) * chunk_;
+    split_chunk(r, first, std::min(chunk_, items_ - first), on_item_);
+  }
+  void drop_rest(const std::string& why) override {
+    for (; next_ * chunk_ < items_; ++next_) {
+      Result r;
+      r.status = Status::cancelled;
+      r.error = why;
+      const std::size_t first = static_cast<std::size_t>(next_) * chunk_;
+      split_chunk(r, first, std::min(chunk_, items_ - first), on_item_);
+    }
+  }
+
+ private:
+  std::size_t items_;
+  std::size_t chunk_;
+  OnItem& on_item_;
+  std::uint64_t next_ = 0;
+};
+
+template <class Range>
+std::size_t range_size(const Range& r) {
+  using It = decltype(std::begin(r));
+  static_assert(std::is_base_of_v<std::random_access_iterator_tag, typename std::iterator_traits<It>::iterator_category>,
+                "pfp::map: every range must have random access (a vector, array, deque, string, ...); "
+                "for a lazy or single-pass source use pfp::imap");
+  return static_cast<std::size_t>(std::distance(std::begin(r), std::end(r)));
+}
+
+template <class F, class OnItem, class... Ranges>
+void run_map(const MapOptions& o, F& f, OnItem& on_item, const Ranges&... ranges) {
+  static_assert(sizeof...(Ranges) > 0, "pfp::map: give at least one range of items");
+  static_assert(std::is_invocable_v<F&, decltype(*std::begin(ranges))...>,
+                "pfp::map: f must be callable with one item of each range, in order");
+  const std::size_t n = std::min({range_size(ranges)...});  // zip: the shortest range decides
+  if (n == 0) return;
+  std::size_t chunk = o.chunksize;
+  if (chunk == 0) chunk = std::max<std::size_t>(1, n / (4 * map_workers(o)));
+  FeedRunner runner = [&](const TaskView& task, Result& r) {
+    const std::size_t first = static_cast<std::size_t>(task.fn) * chunk;
+    const std::size_t last = std::min(n, first + chunk);
+    Value out = Value::array();
+    for (std::size_t i = first; i < last; ++i)
+      out.push_back(run_item([&] { return call_item(f, std::begin(ranges)[static_cast<std::ptrdiff_t>(i)]...); }));
+    r.result = std::move(out);
+  };
+  ChunkFeed<OnItem> feed(n, chunk, on_item);
+  Options run_options = o;
+  run_feed(runner, run_options, feed, nullptr);
+}
+
+}  // namespace detail
+
+/// Applies f to the zipped items of `ranges` (f(a[i], b[i], ...), as many as the shortest range)
+/// in workers and returns one Result per item, in input order. Never throws for what f does;
+/// throws pfp::error if no worker can be started.
+template <class F, class... Ranges>
+std::vector<Result> map_results(const MapOptions& options, F f, const Ranges&... ranges) {
+  std::vector<Result> out;
+  auto file = [&](std::size_t i, Result&& r) {
+    if (out.size() <= i) out.resize(i + 1);
+    out[i] = std::move(r);
+  };
+  detail::run_map(options, f, file, ranges...);
+  return out;
+}
+
+/// Like map_results(), but returns the values f returned, in input order, as R (default: f's
+/// return type). Once every item ran, throws pfp::task_error for the first item (in input order)
+/// that failed.
+template <class R = void, class F, class... Ranges>
+auto map(const MapOptions& options, F f, const Ranges&... ranges) {
+  using Natural = std::decay_t<std::invoke_result_t<F&, decltype(*std::begin(ranges))...>>;
+  using Out = std::conditional_t<std::is_void_v<R>, Natural, R>;
+  static_assert(!std::is_void_v<Out>, "pfp::map: f returns nothing; use pfp::map_results to see each item's Result");
+  std::vector<Result> results = map_results(options, std::move(f), ranges...);
+  std::vector<Out> values;
+  values.reserve(results.size());
+  for (Result& r : results) {
+    if (!r.ok()) throw task_error(std::move(r));
+    values.push_back(r.result.template as<Out>());
+  }
+  return values;
+}
+
+/// map() with default MapOptions.
+template <class F, class Range, class... Ranges, std::enable_if_t<!std::is_base_of_v<Options, std::decay_t<F>>, int> = 0>
+auto map(F f, const Range& range, const Ranges&... ranges) {
+  return map(MapOptions{}, std::move(f), range, ranges...);
+}
+
+/// Applies f like map_results(), calling on_result(Result&&) in this thread as each item
+/// completes (fastest first); Result::index is the item's position. What on_result throws stops
+/// the run (running tasks are killed) and is rethrown.
+template <class F, class OnResult, class... Ranges>
+void map_unordered(const MapOptions& options, F f, OnResult on_result, const Ranges&... ranges) {
+  static_assert(std::is_invocable_v<OnResult&, Result&&>, "pfp::map_unordered: on_result must be callable as on_result(pfp::Result&&)");
+  auto emit = [&](std::size_t, Result&& r) { on_result(std::move(r)); };
+  detail::run_map(options, f, emit, ranges...);
+}
+
+namespace detail {
+
+// A lazy source as "give me the next item or nothing": an input range or a callable.
+template <class Source, class = void>
+struct is_range : std::false_type {};
+template <class Source>
+struct is_range<Source, std::void_t<decltype(std::begin(std::declval<Source&>())), decltype(std::end(std::declval<Source&>()))>>
+    : std::true_type {};
+
+template <class T>
+struct optional_value;
+template <class T>
+struct optional_value<std::optional<T>> {
+  using type = T;
+};
+
+template <class Source, class = void>
+struct source_traits {
+  using callable_result = std::decay_t<std::invoke_result_t<Source&>>;
+  using item = typename optional_value<callable_result>::type;
+  using iterator = int;  // unused
+};
+template <class Source>
+struct source_traits<Source, std::enable_if_t<is_range<Source>::value>> {
+  using iterator = decltype(std::begin(std::declval<Source&>()));
+  using item = std::decay_t<decltype(*std::declval<iterator&>())>;
+};
+
+template <class Source>
+class SourceCursor {
+ public:
+  using Item = typename source_traits<Source>::item;
+  explicit SourceCursor(Source& s) : source_(s) {
+    if constexpr (is_range<Source>::value) {
+      it_.emplace(std::begin(source_));
+    }
+  }
+  std::optional<Item> next() {
+    if constexpr (is_range<Source>::value) {
+      if (*it_ == std::end(source_)) return std::nullopt;
+      std::optional<Item> item(**it_);
+      ++*it_;
+      return item;
+    } else {
+      return source_();
+    }
+  }
+
+ private:
+  Source& source_;
+  std::optional<typename source_traits<Source>::iterator> it_;
+};
+
+// imap(): chunks of serialized items, at most max_in_flight items between the source and on_result.
+template <class Cursor, class OnItem>
+class StreamFeed final : public Feed {
+ public:
+  StreamFeed(Cursor& cursor, std::size_t chunk, std::size_t max_in_flight, bool ordered, OnItem& on_item)
+      : cursor_(cursor), chunk_(chunk), max_in_flight_(max_in_flight), ordered_(ordered), on_item_(on_item) {
+    Pipe p = make_pipe();
+    set_nonblocking(p.read.get());
+    set_nonblocking(p.write.get());
+    wake_read_ = std::move(p.read);
+    wake_write_ = std::move(p.write);
+  }
+  std::optional<Task> pull() override {
+    char buf[64];
+    while (::read(wake_read_.get(), buf, sizeof buf) > 0) {
+    }
+    if (source_error_) std::rethrow_exception(std::exchange(source_error_, nullptr));
+    if (done_ || pulled_ - emitted_ + chunk_ > max_in_flight_) return std::nullopt;
+    Value items = Value::array();
+    try {
+      while (items.size() < chunk_) {
+        std::optional<typename Cursor::Item> item = cursor_.next();
+        if (!item) {
+          done_ = true;
+          break;
+        }
+        items.push_back(Value(*item));
+      }
+    } catch (...) {
+      if (items.size() == 0) throw;
+      source_error_ = std::current_exception();  // the items already taken run first
+    }
+    if (items.size() == 0) return std::nullopt;
+    chunks_.emplace(chunk_seq_++, std::make_pair(pulled_, items.size()));
+    pulled_ += items.size();
+    return Task{0, encode(items)};
+  }
+  bool finished() override { return done_; }
+  int wake_fd() const override { return wake_read_.get(); }
+  void deliver(std::uint64_t seq, Result&& r) override {
+    auto it = chunks_.find(seq);
+    const auto [first, count] = it->second;
+    chunks_.erase(it);
+    split_chunk(r, first, count, [&](std::size_t i, Result&& item) {
+      if (!ordered_) {
+        ++emitted_;
+        on_item_(std::move(item));
+        return;
+      }
+      waiting_.emplace(i, std::move(item));
+      while (!waiting_.empty() && waiting_.begin()->first == emitted_) {
+        Result next = std::move(waiting_.begin()->second);
+        waiting_.erase(waiting_.begin());
+        ++emitted_;
+        on_item_(std::move(next));
+      }
+    });
+    char byte = 1;
+    [[maybe_unused]] ssize_t ignored = ::write(wake_write_.get(), &byte, 1);
+  }
+  void drop_rest(const std::string&) override { done_ = true; }
+
+ private:
+  Cursor& cursor_;
+  std::size_t chunk_;
+  std::size_t max_in_flight_;
+  bool ordered_;
+  OnItem& on_item_;
+  bool done_ = false;
+  std::exception_ptr source_error_;
+  std::size_t pulled_ = 0;
+  std::size_t emitted_ = 0;
+  std::uint64_t chunk_seq_ = 0;
+  std::unordered_map<std::uint64_t, std::pair<std::size_t, std::size_t>> chunks_;
+  std::map<std::size_t, Result> waiting_;  // ordered mode: finished early, waiting for their turn
+  UniqueFd wake_read_;
+  UniqueFd wake_write_;
+};
+
+template <class F, class Source, class OnResult>
+void run_imap(const MapOptions& o, F& f, Source& source, OnResult& on_result, bool ordered) {
+  static_assert(is_range<Source>::value || std::is_invocable_v<Source&>,
+                "pfp::imap: the source must be an input range or a callable returning std::optional<T>");
+  using Cursor = SourceCursor<Source>;
+  using Item = typename Cursor::Item;
+  static_assert(std::is_invocable_v<F&, const Item&>, "pfp::imap: f must be callable with one item of the source");
+  static_assert(std::is_invocable_v<OnResult&, Result&&>, "pfp::imap: on_result must be callable as on_result(pfp::Result&&)");
+  const std::size_t chunk = std::max<std::size_t>(1, o.chunksize);
+  const std::size_t bound = std::max(chunk, o.max_in_flight ? o.max_in_flight : 64 * detail::map_workers(o));
+  FeedRunner runner = [&](const TaskView& task, Result& r) {
+    const Value items = decode(task.payload);
+    Value out = Value::array();
+    for (const Value& item : items.elements())
+      out.push_back(run_item([&] { return call_item(f, item.template as<Item>()); }));
+    r.result = std::move(out);
+  };
+  Cursor cursor(source);
+  auto emit = [&](Result&& r) { on_result(std::move(r)); };
+  StreamFeed<Cursor, decltype(emit)> feed(cursor, chunk, bound, ordered, emit);
+  run_feed(runner, o, feed, nullptr);
+}
+
+}  // namespace detail
+
+/// Applies f to every item of a lazy source -- an input range, or a callable returning
+/// std::optional<T> (std::nullopt ends it) -- calling on_result(Result&&) in input order.
+/// Items are serialized (T converts to pfp::Value and back); at most MapOptions::max_in_flight
+/// are between the source and on_result at once, so an endless source runs in flat memory.
+/// If the source throws, the items already pulled still run and reach on_result, then the
+/// exception is rethrown. What on_result throws stops the run and is rethrown.
+template <class F, class Source, class OnResult>
+void imap(const MapOptions& options, F f, Source&& source, OnResult on_result) {
+  detail::run_imap(options, f, source, on_result, true);
+}
+
+/// imap() handing each Result to on_result as soon as it completes (Result::index tells which).
+template <class F, class Source, class OnResult>
+void imap_unordered(const MapOptions& options, F f, Source&& source, OnResult on_result) {
+  detail::run_imap(options, f, source, on_result, false);
+}
+
+}  // namespace pfp
+
+#endif  // PFP_MAP_HPP
