@@ -143,7 +143,7 @@ class batch_source {
     if (cursor_.done()) return std::nullopt;
     value_type batch;
     if (size_) batch.reserve(size_ < 4096 ? size_ : 4096);
-    while (!cursor_.done() && (size_ == 0 || batch.size() < size_)) batch.push_back(cursor_.take());
+    while ((size_ == 0 || batch.size() < size_) && !cursor_.done()) batch.push_back(cursor_.take());
     return batch;
   }
 

@@ -9,6 +9,7 @@
 #include <pfp/channel.hpp>
 #include <pfp/error.hpp>
 #include <pfp/executor.hpp>
+#include <pfp/manager.hpp>
 #include <pfp/map.hpp>
 #include <pfp/multiprocessor.hpp>
 #include <pfp/options.hpp>

@@ -1,0 +1,815 @@
+#ifndef PFP_MANAGER_HPP
+#define PFP_MANAGER_HPP
+
+// pfp::Manager: runs a handler over a lazy source of items with worker processes (the mp_manager
+// original in C++). The handler builds the items in the parent; each item is serialized, handled
+// by one worker's copy of the handler, and its stats deltas travel back with its result; the
+// parent merges them, logs the item and draws the progress. The run ends with an ExitStatus.
+
+#include <pfp/backend.hpp>
+#include <pfp/batch.hpp>
+#include <pfp/detail/posix.hpp>
+#include <pfp/error.hpp>
+#include <pfp/feed.hpp>
+#include <pfp/multiprocessor.hpp>
+#include <pfp/options.hpp>
+#include <pfp/pool.hpp>
+#include <pfp/progress.hpp>
+#include <pfp/result.hpp>
+#include <pfp/serialization.hpp>
+#include <pfp/stats.hpp>
+#include <pfp/value.hpp>
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <iterator>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <ostream>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace pfp {
+
+/// What a Manager does when an item fails (throws, crashes its worker or times out).
+enum class ErrorPolicy {
+  fail_fast,          ///< stop at the first failure: no more items are handed out, those running are
+                      ///< killed, and run() returns promptly with that item's error
+  continue_on_error,  ///< handle every item; the failures are counted and listed in the ExitStatus
+};
+
+/// How a Manager runs. The Options part (workers, timeout, backend, limits, retries, ...) is
+/// passed to the engine as it is.
+struct ManagerOptions : Options {
+  ErrorPolicy on_error = ErrorPolicy::fail_fast;
+  /// Most items handed out and not yet finished (the bounded queue: the item source is not read
+  /// while it is full). 0 = twice the number of workers.
+  std::size_t max_in_flight = 0;
+  /// Receives one ItemLog per finished item (stderr_logger() by default; silent_logger() for none).
+  Logger logger = stderr_logger();
+  /// The progress report (a live line on a terminal, plain lines elsewhere; see ProgressOptions).
+  ProgressOptions progress;
+  /// Ctrl-C (SIGINT) during run() stops the run: no more items, the running ones killed, code 2
+  /// "Keyboard interrupt". The previous SIGINT disposition is restored when run() returns. Not
+  /// installed when SIGINT is ignored (SIG_IGN) when the run starts, or another Manager's run in
+  /// this process already handles it.
+  bool handle_sigint = true;
+};
+
+/// One failed item.
+struct ItemFailure {
+  std::uint64_t seq = 0;  ///< the item's number in the run, from 0
+  std::string label;      ///< its log label (log_item), or its seq
+  Status status = Status::exception;
+  std::string error;      ///< the cause: exception type and what(), signal, time limit
+};
+
+/// How a Manager run ended.
+struct ExitStatus {
+  static constexpr int success = 0;      ///< every item handled
+  static constexpr int failure = 1;      ///< an item failed, the item source threw, or the run could not go on
+  static constexpr int interrupted = 2;  ///< SIGINT (Ctrl-C)
+  static constexpr int cancelled = 3;    ///< Manager::cancel()
+
+  int code = success;
+  /// "Success"; "Keyboard interrupt"; "Cancelled"; for a failed item "<status>: <cause>", e.g.
+  /// "exception: std::runtime_error: no such file"; "the item builder threw <type>: <what>".
+  std::string message = "Success";
+  /// The label of the item the failure is about (the first failure under continue_on_error).
+  /// Set whenever there is one -- "0" included -- and empty when the failure is not an item's.
+  std::optional<std::string> error_target;
+  double seconds = 0;  ///< wall time of the run
+
+  std::size_t items_ok = 0;         ///< items handled without failure
+  std::size_t items_failed = 0;     ///< items that threw, crashed or timed out
+  std::size_t items_cancelled = 0;  ///< items stopped by fail-fast, an interrupt or cancel()
+  std::vector<ItemFailure> failures;  ///< every failed item, in the order they finished
+  Stats stats;                      ///< the run's final stats
+
+  bool ok() const noexcept { return code == success; }
+};
+
+/// "code 0 (Success) in 1.234 s", "code 1 (exception: std::runtime_error: boom) target 0 in 0.100 s".
+inline std::string to_string(const ExitStatus& s) {
+  char secs[32];
+  std::snprintf(secs, sizeof secs, "%.3f s", s.seconds);
+  std::string out = "code " + std::to_string(s.code) + " (" + s.message + ")";
+  if (s.error_target) out += " target " + *s.error_target;
+  return out + " in " + secs;
+}
+
+inline std::ostream& operator<<(std::ostream& os, const ExitStatus& s) { return os << to_string(s); }
+
+template <class Handler>
+class Manager;
+
+namespace detail {
+
+/// The parent's side of one Manager run that the handler's item builder may touch.
+struct ManagerRunState {
+  std::mutex mu;
+  Stats totals;  // guarded by mu
+  Value shared = Value::object();
+  bool frozen = false;
+  std::optional<std::size_t> expected;
+  unsigned workers = 1;
+};
+
+}  // namespace detail
+
+/// Given to the handler's build_items(). Valid until run() returns, so an item source may keep a
+/// reference to it and use it while it produces items (in the parent).
+class BuildContext {
+ public:
+  /// Adds `key` to the read-only data every worker's handler sees (ItemContext::shared). Only
+  /// while build_items() runs: the workers start after it returns.
+  /// Throws pfp::error when called later.
+  void share(std::string key, Value value) {
+    if (state_.frozen)
+      throw error("pfp::BuildContext::share(\"" + key + "\"): shared data must be set inside build_items(), before it "
+                  "returns; the workers have already started with the data as it was then");
+    state_.shared[key] = std::move(value);
+  }
+  /// The shared data so far (an object).
+  const Value& shared() const noexcept { return state_.shared; }
+
+  /// Sets value `key` in the run's stats (e.g. "items_total"). Any time during the run.
+  /// Throws pfp::error if `key` is a counter.
+  void set_stat(std::string_view key, Value value) {
+    std::lock_guard<std::mutex> lock(state_.mu);
+    state_.totals.set(key, std::move(value));
+  }
+  /// Adds to counter `key` of the run's stats. Any time during the run.
+  /// Throws pfp::error if `key` holds a set value or the counter overflows.
+  void inc_stat(std::string_view key, std::int64_t by = 1) {
+    std::lock_guard<std::mutex> lock(state_.mu);
+    state_.totals.inc(key, by);
+  }
+
+  /// Tells how many items the source will produce, for the progress report (a range with size()
+  /// tells it by itself). Any time during the run, from the thread that runs it.
+  void expect(std::size_t items) noexcept { state_.expected = items; }
+
+  /// Worker processes (or threads) the run uses at most.
+  unsigned workers() const noexcept { return state_.workers; }
+
+ private:
+  template <class H>
+  friend class Manager;
+  explicit BuildContext(detail::ManagerRunState& s) noexcept : state_(s) {}
+  detail::ManagerRunState& state_;
+};
+
+/// Given to the handler's handle_item() for one item, in the worker.
+class ItemContext {
+ public:
+  /// This item's stats: fresh (empty) for every item, or what reset_stats() made it. Counters
+  /// added here are summed into the run's totals, set values replace theirs, when the item
+  /// succeeds; a failed item's stats are dropped.
+  Stats stats;
+
+  /// The data build_items() shared (an object; read-only).
+  const Value& shared() const noexcept { return *shared_; }
+  /// Shared value `key`. Throws pfp::error if build_items() did not share it.
+  const Value& shared(std::string_view key) const {
+    const Value* v = shared_->find(key);
+    if (!v)
+      throw error("pfp::ItemContext::shared(\"" + std::string(key) +
+                  "\"): no such shared value; add it with BuildContext::share() in build_items()");
+    return *v;
+  }
+
+  /// Adds a line to this item's log: the Logger receives it (ItemLog::messages) with the item's
+  /// verdict, in the parent, so lines of different workers never interleave.
+  void log(std::string line) { messages_.push_back(std::move(line)); }
+
+  /// The worker slot running this item, 0 .. workers-1.
+  unsigned worker() const noexcept { return worker_; }
+  /// The item's number in the run, from 0, in the order the items were produced.
+  std::uint64_t seq() const noexcept { return seq_; }
+
+ private:
+  template <class H>
+  friend class Manager;
+  ItemContext(const Value& shared, unsigned worker, std::uint64_t seq) noexcept
+      : shared_(&shared), worker_(worker), seq_(seq) {}
+  const Value* shared_;
+  unsigned worker_;
+  std::uint64_t seq_;
+  std::vector<std::string> messages_;
+};
+
+namespace detail {
+
+template <class H, class = void>
+struct builds_with_context : std::false_type {};
+template <class H>
+struct builds_with_context<H, std::void_t<decltype(std::declval<H&>().build_items(std::declval<BuildContext&>()))>>
+    : std::true_type {};
+
+template <class H, class = void>
+struct builds_plain : std::false_type {};
+template <class H>
+struct builds_plain<H, std::void_t<decltype(std::declval<H&>().build_items())>> : std::true_type {};
+
+template <class H, bool WithContext = builds_with_context<H>::value, bool Plain = builds_plain<H>::value>
+struct build_result {
+  using type = void;
+};
+template <class H, bool Plain>
+struct build_result<H, true, Plain> {
+  using type = std::decay_t<decltype(std::declval<H&>().build_items(std::declval<BuildContext&>()))>;
+};
+template <class H>
+struct build_result<H, false, true> {
+  using type = std::decay_t<decltype(std::declval<H&>().build_items())>;
+};
+
+template <class S, class = void>
+struct is_range_source : std::false_type {};
+template <class S>
+struct is_range_source<S, std::void_t<decltype(std::begin(std::declval<S&>()) != std::end(std::declval<S&>())),
+                                      decltype(*std::begin(std::declval<S&>()))>> : std::true_type {};
+
+template <class S, class = void>
+struct is_generator_source : std::false_type {};
+template <class S>
+struct is_generator_source<S, std::void_t<std::invoke_result_t<S&>>> : is_optional<std::invoke_result_t<S&>> {};
+
+template <class S, class = void>
+struct item_of {
+  using type = void;
+};
+template <class S>
+struct item_of<S, std::enable_if_t<is_range_source<S>::value>> {
+  using type = std::decay_t<decltype(*std::begin(std::declval<S&>()))>;
+};
+template <class S>
+struct item_of<S, std::enable_if_t<!is_range_source<S>::value && is_generator_source<S>::value>> {
+  using type = typename std::invoke_result_t<S&>::value_type;
+};
+
+template <class I>
+struct converts_to_value : std::is_constructible<Value, const I&> {};
+template <>
+struct converts_to_value<void> : std::false_type {};
+
+template <class H, class I, class = void>
+struct has_handle_item : std::false_type {};
+template <class H, class I>
+struct has_handle_item<H, I,
+                       std::void_t<decltype(std::declval<H&>().handle_item(std::declval<const I&>(),
+                                                                           std::declval<ItemContext&>()))>>
+    : std::true_type {};
+
+template <class H, class I, class = void>
+struct log_item_result {
+  using type = void;
+  static constexpr bool present = false;
+};
+template <class H, class I>
+struct log_item_result<H, I, std::void_t<decltype(std::declval<H&>().log_item(std::declval<const I&>()))>> {
+  using type = std::decay_t<decltype(std::declval<H&>().log_item(std::declval<const I&>()))>;
+  static constexpr bool present = true;
+};
+
+template <class H, class = void>
+struct has_reset_stats : std::false_type {};
+template <class H>
+struct has_reset_stats<H, std::void_t<decltype(std::declval<H&>().reset_stats(std::declval<Stats&>()))>>
+    : std::true_type {};
+
+/// The items of one run, one at a time: a range walked once, or a generator called until nullopt.
+template <class S>
+class item_stream {
+ public:
+  using item = typename item_of<S>::type;
+
+  explicit item_stream(S s) : impl_(std::move(s)) {}
+
+  std::optional<item> next() {
+    if constexpr (is_range_source<S>::value) {
+      if (impl_.done()) return std::nullopt;
+      return impl_.take();
+    } else {
+      return impl_.next();
+    }
+  }
+  std::optional<std::size_t> size() const {
+    if constexpr (is_range_source<S>::value) {
+      if constexpr (has_size<S>::value) return impl_.size();
+    }
+    return std::nullopt;
+  }
+
+ private:
+  std::conditional_t<is_range_source<S>::value, cursor<S>, generate_source<S>> impl_;
+};
+
+/// The SIGINT handler of the Manager run in progress.
+struct SigintTarget {
+  CancelState* cancel = nullptr;
+  std::atomic<bool> hit{false};
+};
+inline std::atomic<SigintTarget*> sigint_target{nullptr};
+
+extern "C" inline void manager_on_sigint(int) {
+  if (SigintTarget* t = sigint_target.load()) {
+    t->hit.store(true);
+    t->cancel->request();
+  }
+}
+
+/// Routes SIGINT to `target` for its lifetime (see ManagerOptions::handle_sigint).
+class SigintScope {
+ public:
+  SigintScope(SigintTarget* target, bool wanted) {
+    if (!wanted) return;
+    struct sigaction current {};
+    if (::sigaction(SIGINT, nullptr, &current) != 0) return;
+    if (!(current.sa_flags & SA_SIGINFO) && current.sa_handler == SIG_IGN) return;
+    SigintTarget* expected = nullptr;
+    if (!sigint_target.compare_exchange_strong(expected, target)) return;  // another run has it
+    struct sigaction act {};
+    act.sa_handler = manager_on_sigint;
+    sigemptyset(&act.sa_mask);
+    act.sa_flags = SA_RESTART;
+    if (::sigaction(SIGINT, &act, &old_) != 0) {
+      sigint_target.store(nullptr);
+      return;
+    }
+    installed_ = true;
+  }
+  ~SigintScope() {
+    if (!installed_) return;
+    ::sigaction(SIGINT, &old_, nullptr);
+    sigint_target.store(nullptr);
+  }
+  SigintScope(const SigintScope&) = delete;
+  SigintScope& operator=(const SigintScope&) = delete;
+
+ private:
+  struct sigaction old_ {};
+  bool installed_ = false;
+};
+
+}  // namespace detail
+
+/// What a Manager needs from Handler, checked with readable static_assert messages by Manager.
+/// A handler is any class with
+///   required  auto build_items(pfp::BuildContext&)  (or build_items()): the items, as a range
+///             (begin/end; input iterators suffice, e.g. pfp::batches(...)) or a generator
+///             callable returning std::optional<Item> (std::nullopt ends the items). Called once
+///             per run, in the parent, before any worker starts; the range is read lazily during
+///             the run. Item must convert to and from pfp::Value (to_value/from_value for your
+///             own types).
+///   required  void handle_item(const Item&, pfp::ItemContext&): handles one item, in a worker.
+///             Throwing fails the item.
+///   optional  log_item(const Item&) -> std::string or a number: the item's label in logs and in
+///             ExitStatus::error_target (default: the item's seq). Called in the parent when the
+///             item is handed out, so a crashed item still has its label.
+///   optional  void reset_stats(pfp::Stats&): called on each item's fresh stats before
+///             handle_item (e.g. to list counters at 0 so they appear in the totals).
+template <class Handler>
+struct handler_traits {
+  static constexpr bool has_build_items = detail::builds_with_context<Handler>::value || detail::builds_plain<Handler>::value;
+  using source_type = typename detail::build_result<Handler>::type;
+  static constexpr bool source_is_range = detail::is_range_source<source_type>::value;
+  static constexpr bool source_is_generator = detail::is_generator_source<source_type>::value;
+  static constexpr bool valid_source = has_build_items && (source_is_range || source_is_generator);
+  using item_type = typename detail::item_of<source_type>::type;
+  static constexpr bool item_converts = valid_source && detail::converts_to_value<item_type>::value;
+  static constexpr bool has_handle_item = valid_source && detail::has_handle_item<Handler, item_type>::value;
+  using label_type = typename detail::log_item_result<Handler, item_type>::type;
+  static constexpr bool has_log_item = valid_source && detail::log_item_result<Handler, item_type>::present;
+  static constexpr bool valid_log_item =
+      !has_log_item || std::is_convertible_v<label_type, std::string> || std::is_arithmetic_v<label_type>;
+  static constexpr bool has_reset_stats = detail::has_reset_stats<Handler>::value;
+  static constexpr bool valid = valid_source && item_converts && has_handle_item && valid_log_item;
+};
+
+/// True if Handler satisfies handler_traits (what Manager<Handler> requires).
+template <class Handler>
+inline constexpr bool is_handler_v = handler_traits<Handler>::valid;
+
+/// Runs a handler over its items with worker processes (Options::backend may choose threads or
+/// the calling thread instead). See handler_traits for what a handler provides.
+///
+/// Guarantees: at most ManagerOptions::max_in_flight items are handed out and unfinished at any
+/// time; each item is handled once, by one worker, with that worker's own copy of the handler (as
+/// it was when the worker started); a worker that crashes or hangs (past Options::timeout) fails
+/// only its item; run() always returns, with every worker reaped, and may be called again.
+/// A Manager is not thread-safe, except cancel() and stats().
+template <class Handler>
+class Manager {
+  using traits = handler_traits<Handler>;
+  static_assert(traits::has_build_items,
+                "pfp::Manager<Handler>: Handler needs a member `build_items(pfp::BuildContext&)` (or `build_items()`) "
+                "that returns the items: a range or a generator callable returning std::optional<Item>");
+  static_assert(!traits::has_build_items || traits::source_is_range || traits::source_is_generator,
+                "pfp::Manager<Handler>: Handler::build_items() must return a range (begin()/end(), e.g. "
+                "pfp::batches(...)) or a generator callable returning std::optional<Item> (std::nullopt ends the items)");
+  static_assert(!traits::valid_source || traits::item_converts,
+                "pfp::Manager<Handler>: the items build_items() produces must convert to pfp::Value (they are sent to "
+                "the workers); define void to_value(pfp::Value&, const Item&) and "
+                "void from_value(const pfp::Value&, Item&) in the item type's namespace");
+  static_assert(!traits::valid_source || traits::has_handle_item,
+                "pfp::Manager<Handler>: Handler needs a member `void handle_item(const Item&, pfp::ItemContext&)`, "
+                "where Item is what build_items() produces");
+  static_assert(traits::valid_log_item,
+                "pfp::Manager<Handler>: Handler::log_item(const Item&) must return a std::string (or something "
+                "convertible to one) or a number");
+
+ public:
+  using item_type = typename traits::item_type;
+
+  /// Uses a default-constructed Handler. Throws pfp::error if options are invalid.
+  explicit Manager(ManagerOptions options = ManagerOptions{}) : Manager(Handler{}, std::move(options)) {}
+
+  /// Uses `handler` as the prototype every worker copies. Throws pfp::error if options are invalid.
+  explicit Manager(Handler handler, ManagerOptions options = ManagerOptions{})
+      : handler_(std::move(handler)), options_(std::move(options)), cancel_(std::make_unique<detail::CancelState>()) {
+    detail::validate(options_);
+  }
+
+  /// Builds the items and handles every one of them in the workers (see the class comment), then
+  /// returns how it went. Never throws for what items, the item builder, the logger or the engine
+  /// do: every failure is an ExitStatus with code 1 (2 on SIGINT, 3 after cancel()).
+  /// Throws pfp::error only when called while a run of this object is in progress.
+  ExitStatus run() {
+    if constexpr (!traits::valid) {
+      return ExitStatus{};  // the static_asserts above say what is missing
+    } else {
+      if (running_) throw error("pfp::Manager::run: a run of this Manager is already in progress");
+      running_ = true;
+      struct Reset {
+        bool& flag;
+        ~Reset() { flag = false; }
+      } reset{running_};
+      return run_once();
+    }
+  }
+
+  /// Stops the run in progress as Ctrl-C would, but with code 3 "Cancelled". Thread-safe and
+  /// async-signal-safe; does nothing without a run in progress.
+  void cancel() noexcept { cancel_->request(); }
+
+  /// A copy of the run's stats so far (the last run's after it ended). Thread-safe.
+  Stats stats() const {
+    std::lock_guard<std::mutex> lock(state_.mu);
+    return state_.totals;
+  }
+
+  /// The prototype handler (the parent's; workers handle items with their own copies).
+  Handler& handler() noexcept { return handler_; }
+  const Handler& handler() const noexcept { return handler_; }
+  const ManagerOptions& options() const noexcept { return options_; }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  using Source = typename traits::source_type;
+  using Stream = detail::item_stream<Source>;
+
+  /// The Feed of one run: items from the handler's source out, results in.
+  class ItemFeed final : public detail::Feed {
+   public:
+    ItemFeed(Manager& m, Stream& items, std::size_t bound, detail::ProgressLine& progress)
+        : m_(m), items_(items), bound_(bound), progress_(progress), wake_(detail::make_pipe()) {
+      detail::set_nonblocking(wake_.read.get());
+      detail::set_nonblocking(wake_.write.get());
+    }
+
+    std::optional<detail::Task> pull() override {
+      drain();
+      if (stopped_ || exhausted_) return std::nullopt;
+      if (in_flight_ >= bound_) {
+        waiting_ = true;
+        return std::nullopt;
+      }
+      const std::uint64_t seq = pulled_;
+      std::optional<item_type> item;
+      try {
+        item = items_.next();
+      } catch (...) {
+        source_failed("the item builder threw " + detail::describe_current_exception(), std::nullopt);
+        return std::nullopt;
+      }
+      if (!item) {
+        exhausted_ = true;
+        return std::nullopt;
+      }
+      detail::Task task;
+      std::string label = std::to_string(seq);
+      try {
+        label = m_.label_of(*item, seq);
+        task.payload = encode(Value(*item));
+      } catch (...) {
+        source_failed("item " + label + " could not be prepared: " + detail::describe_current_exception(), label);
+        return std::nullopt;
+      }
+      labels_.emplace(seq, std::move(label));
+      ++pulled_;
+      ++in_flight_;
+      return task;
+    }
+
+    bool finished() override { return stopped_ || exhausted_; }
+    int wake_fd() const override { return wake_.read.get(); }
+    std::optional<std::size_t> size_hint() const override { return items_.size(); }
+    bool stop_requested() override { return stopped_; }
+
+    void deliver(std::uint64_t seq, Result&& r) override {
+      if (in_flight_ > 0) --in_flight_;
+      if (waiting_) {
+        waiting_ = false;
+        const char byte = 1;
+        [[maybe_unused]] ssize_t ignored = ::write(wake_.write.get(), &byte, 1);
+      }
+      std::string label = take_label(seq);
+      ItemLog log;
+      log.seq = seq;
+      log.label = label;
+      log.pid = r.pid;
+      log.status = r.status;
+      log.error = std::move(r.error);
+      log.duration = r.duration;
+      if (r.status == Status::ok) {
+        try {
+          const Value& v = r.result;
+          log.worker = v.at("w").as<unsigned>();
+          Stats delta = v.at("s").as<Stats>();
+          if (const Value* m = v.find("m")) log.messages = m->as<std::vector<std::string>>();
+          std::lock_guard<std::mutex> lock(m_.state_.mu);
+          m_.state_.totals.merge(delta);
+        } catch (...) {
+          log.status = Status::exception;
+          log.error = "pfp::Manager: the item's stats could not be merged: " + detail::describe_current_exception();
+        }
+      }
+      record(seq, log);
+    }
+
+    void amend(std::uint64_t seq, Result&& r) override {
+      // An item reported ok corrupted the result stream afterwards: it counts as failed now (the
+      // stats it sent stay merged).
+      if (ok_ > 0) --ok_;
+      ItemLog log;
+      log.seq = seq;
+      for (const auto& [s, l] : recent_)
+        if (s == seq) log.label = l;
+      if (log.label.empty()) log.label = std::to_string(seq);
+      log.pid = r.pid;
+      log.status = r.status;
+      log.error = std::move(r.error);
+      record(seq, log);
+    }
+
+    // The counts so far.
+    std::size_t ok() const noexcept { return ok_; }
+    std::size_t failed() const noexcept { return failed_; }
+    std::size_t cancelled() const noexcept { return cancelled_; }
+    std::size_t done() const noexcept { return ok_ + failed_ + cancelled_; }
+    std::vector<ItemFailure>& failures() noexcept { return failures_; }
+    const std::optional<std::string>& source_error() const noexcept { return source_error_; }
+    // The first failure (an item's or the source's): its message and target.
+    const std::optional<std::pair<std::string, std::optional<std::string>>>& first() const noexcept { return first_; }
+
+   private:
+    void drain() noexcept {
+      char buf[64];
+      while (::read(wake_.read.get(), buf, sizeof buf) > 0) {
+      }
+    }
+
+    void source_failed(std::string message, std::optional<std::string> target) {
+      exhausted_ = true;
+      if (m_.options_.on_error == ErrorPolicy::fail_fast) stopped_ = true;
+      if (!first_) first_.emplace(message, target);
+      source_error_ = std::move(message);
+    }
+
+    std::string take_label(std::uint64_t seq) {
+      auto it = labels_.find(seq);
+      if (it == labels_.end()) return std::to_string(seq);
+      std::string label = std::move(it->second);
+      labels_.erase(it);
+      recent_.emplace_back(seq, label);
+      if (recent_.size() > 64) recent_.pop_front();
+      return label;
+    }
+
+    // Counts, lists and logs a finished item.
+    void record(std::uint64_t seq, ItemLog& log) {
+      // A cancelled item is a failure unless the run was being stopped (the engine also cancels
+      // items it could not start because no worker process could be started).
+      const bool stopping = stopped_ || m_.cancel_->requested();
+      if (log.status == Status::ok) {
+        ++ok_;
+      } else if (log.status == Status::cancelled && stopping) {
+        ++cancelled_;
+      } else {
+        ++failed_;
+        failures_.push_back(ItemFailure{seq, log.label, log.status, log.error});
+        if (!first_) first_.emplace(std::string(to_string(log.status)) + ": " + log.error, log.label);
+        if (m_.options_.on_error == ErrorPolicy::fail_fast) stopped_ = true;
+      }
+      if (m_.options_.logger) {
+        progress_.suspend();
+        m_.options_.logger(log);
+        progress_.resume();
+      }
+      if (m_.state_.expected) progress_.set_total(m_.state_.expected);
+      progress_.update(done(), failed_);
+    }
+
+    Manager& m_;
+    Stream& items_;
+    const std::size_t bound_;
+    detail::ProgressLine& progress_;
+    detail::Pipe wake_;
+    std::uint64_t pulled_ = 0;
+    std::size_t in_flight_ = 0;
+    bool waiting_ = false;    // pull() said "not now" because the bound was reached
+    bool exhausted_ = false;  // the source has no more items (or threw)
+    bool stopped_ = false;    // fail-fast: a failure stops the run
+    std::unordered_map<std::uint64_t, std::string> labels_;  // of the items in flight
+    std::deque<std::pair<std::uint64_t, std::string>> recent_;  // labels of the last items delivered (for amend)
+    std::size_t ok_ = 0;
+    std::size_t failed_ = 0;
+    std::size_t cancelled_ = 0;
+    std::vector<ItemFailure> failures_;
+    std::optional<std::string> source_error_;
+    std::optional<std::pair<std::string, std::optional<std::string>>> first_;
+  };
+
+  template <class Item = item_type>  // a template: no reference to void when Handler is invalid
+  std::string label_of(const Item& item, std::uint64_t seq) {
+    if constexpr (traits::has_log_item) {
+      if constexpr (std::is_convertible_v<typename traits::label_type, std::string>) {
+        return std::string(handler_.log_item(item));
+      } else {
+        return std::to_string(handler_.log_item(item));
+      }
+    } else {
+      return std::to_string(seq);
+    }
+  }
+
+  // Runs in the worker: one item with the worker's handler.
+  void handle(Handler& h, const detail::TaskView& task, Result& r) const {
+    const item_type item = decode(task.payload).template as<item_type>();
+    ItemContext ctx(state_.shared, task.worker, task.seq);
+    if constexpr (traits::has_reset_stats) h.reset_stats(ctx.stats);
+    h.handle_item(item, ctx);
+    Value out = Value::object();
+    out["w"] = task.worker;
+    out["s"] = Value(ctx.stats);
+    if (!ctx.messages_.empty()) out["m"] = Value(ctx.messages_);
+    r.result = std::move(out);
+  }
+
+  ExitStatus run_once() {
+    const auto start = Clock::now();
+    ExitStatus st;
+    {
+      std::lock_guard<std::mutex> lock(state_.mu);
+      state_.totals.clear();
+    }
+    state_.shared = Value::object();
+    state_.frozen = false;
+    state_.expected.reset();
+    state_.workers = detail::effective_workers(options_);
+
+    detail::SigintTarget target;
+    target.cancel = cancel_.get();
+    std::optional<std::string> run_error;
+    std::optional<detail::ProgressLine> progress;
+    std::optional<ItemFeed> feed;
+    bool opened = false;
+    try {
+      cancel_->open();
+      opened = true;
+    } catch (...) {
+      run_error = "pfp::Manager: " + detail::describe_current_exception();
+    }
+    struct CloseCancel {
+      detail::CancelState& state;
+      bool open;
+      ~CloseCancel() {
+        if (open) state.close();
+      }
+    } close_cancel{*cancel_, opened};
+    {
+      detail::SigintScope sigint(&target, options_.handle_sigint && !run_error);
+      BuildContext ctx(state_);
+      std::optional<Stream> items;
+      if (!run_error) {
+        try {
+          items.emplace(call_build(ctx));
+        } catch (...) {
+          run_error = "the item builder threw " + detail::describe_current_exception();
+        }
+      }
+      state_.frozen = true;
+      if (items) {
+        try {
+          std::vector<Handler> copies;  // empty: the workers are processes forked with handler_
+          if (options_.backend != Backend::processes) copies = per_worker_copies();
+          if (!state_.expected) state_.expected = items->size();
+          progress.emplace(options_.progress, state_.expected, start);
+          const std::size_t bound = options_.max_in_flight ? options_.max_in_flight : 2 * std::size_t{state_.workers};
+          feed.emplace(*this, *items, bound, *progress);
+          detail::FeedRunner runner = [this, &copies](const detail::TaskView& task, Result& r) {
+            handle(copies.empty() ? handler_ : copies.at(task.worker), task, r);
+          };
+          detail::run_feed(runner, options_, *feed, cancel_.get());
+        } catch (...) {
+          run_error = "pfp::Manager: the run stopped: " + detail::describe_current_exception();
+        }
+      }
+    }
+
+    if (feed) {
+      st.items_ok = feed->ok();
+      st.items_failed = feed->failed();
+      st.items_cancelled = feed->cancelled();
+      st.failures = std::move(feed->failures());
+      if (progress) progress->finish(feed->done(), feed->failed());
+    }
+    if (target.hit.load()) {
+      st.code = ExitStatus::interrupted;
+      st.message = "Keyboard interrupt";
+    } else if (opened && cancel_->requested()) {
+      st.code = ExitStatus::cancelled;
+      st.message = "Cancelled";
+    } else if (feed && feed->first()) {
+      st.code = ExitStatus::failure;
+      if (options_.on_error == ErrorPolicy::fail_fast) {
+        st.message = feed->first()->first;
+        st.error_target = feed->first()->second;
+      } else {
+        std::vector<std::string> parts;
+        if (!st.failures.empty()) {
+          const ItemFailure& f = st.failures.front();
+          parts.push_back(std::to_string(st.items_failed) + " of " + std::to_string(feed->done()) +
+                          " items failed (first: " + std::string(to_string(f.status)) + ": " + f.error + ")");
+          st.error_target = f.label;
+        } else {
+          st.error_target = feed->first()->second;
+        }
+        if (feed->source_error()) parts.push_back(*feed->source_error());
+        st.message = parts.front();
+        if (parts.size() > 1) st.message += "; " + parts.back();
+      }
+      if (run_error) st.message += "; then " + *run_error;
+    } else if (run_error) {
+      st.code = ExitStatus::failure;
+      st.message = *run_error;
+    }
+    st.stats = stats();
+    st.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    return st;
+  }
+
+  auto call_build(BuildContext& ctx) {
+    if constexpr (detail::builds_with_context<Handler>::value) {
+      return Stream(handler_.build_items(ctx));
+    } else {
+      return Stream(handler_.build_items());
+    }
+  }
+
+  // In-process backends: one copy of the prototype per worker slot, so that handler state is per
+  // worker there too. The inline backend makes do with the prototype when it cannot be copied.
+  std::vector<Handler> per_worker_copies() const {
+    if constexpr (std::is_copy_constructible_v<Handler>) {
+      return std::vector<Handler>(options_.backend == Backend::inline_ ? 1 : state_.workers, handler_);
+    } else {
+      if (options_.backend == Backend::inline_) return {};
+      throw error("pfp::Manager: Backend::threads gives every worker thread its own copy of the handler, so Handler must "
+                  "be copy-constructible; use Backend::processes or Backend::inline_, or make it copyable");
+    }
+  }
+
+  Handler handler_;
+  ManagerOptions options_;
+  std::unique_ptr<detail::CancelState> cancel_;
+  mutable detail::ManagerRunState state_;
+  bool running_ = false;
+};
+
+}  // namespace pfp
+
+#endif  // PFP_MANAGER_HPP
