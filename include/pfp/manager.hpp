@@ -627,7 +627,12 @@ class Manager {
       }
       if (m_.options_.logger) {
         progress_.suspend();
-        m_.options_.logger(log);
+        try {
+          m_.options_.logger(log);
+        } catch (...) {
+          stopped_ = true;  // the engine stops the run and rethrows: the items it cancels are no failures
+          throw;
+        }
         progress_.resume();
       }
       if (m_.state_.expected) progress_.set_total(m_.state_.expected);
