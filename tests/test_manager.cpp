@@ -801,7 +801,7 @@ TEST_CASE("an item that corrupts the result stream fails even if its result was 
     (void)!::write(pfp::detail::worker_result_fd, junk, sizeof junk);  // pfp's test hook
   };
   // If item 2's ok verdict was delivered before the garbage was noticed, it is taken back (Feed::amend).
-  check_only_item_2_failed(h, pfp::Status::crashed, "result pipe");
+  check_only_item_2_failed(h, pfp::Status::crashed, "protocol error");
 }
 
 TEST_CASE("a hanging handler is timed out (Options::timeout) and fails its item only", "[manager][faults]") {
