@@ -727,6 +727,42 @@ TEST_CASE("an exception from the item source mid-run ends the run with its messa
   }
 }
 
+namespace {
+struct HugeNumbers {
+  std::vector<std::uint64_t> build_items() { return {1, std::numeric_limits<std::uint64_t>::max(), 3}; }
+  void handle_item(std::uint64_t, pfp::ItemContext&) {}
+};
+struct CounterOnAValue {
+  auto build_items(pfp::BuildContext& ctx) {
+    ctx.set_stat("k", "a set value");
+    return pfp::iota(0, 3);
+  }
+  void handle_item(int, pfp::ItemContext& ctx) { ctx.stats.inc("k"); }
+};
+}  // namespace
+
+TEST_CASE("an item that cannot be sent to a worker ends the run naming it", "[manager][fail-fast]") {
+  pfp::Manager<HugeNumbers> m(quiet(2));
+  const pfp::ExitStatus st = m.run();
+  INFO(describe(st));
+  CHECK(st.code == 1);
+  CHECK_THAT(st.message, Catch::Matchers::Contains("item 1 could not be prepared") && Catch::Matchers::Contains("pfp::error"));
+  CHECK(st.error_target == std::optional<std::string>("1"));
+}
+
+TEST_CASE("item stats that clash with the totals fail the item, saying why", "[manager][stats]") {
+  pfp::ManagerOptions o = quiet(2);
+  o.on_error = pfp::ErrorPolicy::continue_on_error;
+  pfp::Manager<CounterOnAValue> m(o);
+  const pfp::ExitStatus st = m.run();
+  INFO(describe(st));
+  CHECK(st.items_failed == 3);
+  REQUIRE_FALSE(st.failures.empty());
+  CHECK_THAT(st.failures[0].error, Catch::Matchers::Contains("could not be merged") &&
+                                       Catch::Matchers::Contains("is a set value, not a counter"));
+  CHECK(st.stats.get("k") == pfp::Value("a set value"));
+}
+
 TEST_CASE("continue-on-error: every item is handled - every failure counted and listed", "[manager][continue]") {
   NumberHandler h;
   h.count = 20;
