@@ -891,3 +891,36 @@ TEST_CASE("deeply nested results", "[multiprocessor]") {
     CHECK(count_occurrences(text, name) == 1);
   }
 }
+
+TEST_CASE("multiprocessor: Options::backend runs the same registrations on processes, threads and inline",
+          "[multiprocessor][backend]") {
+  auto run = [](pfp::Backend backend) {
+    pfp::Options o;
+    o.workers = 2;
+    o.backend = backend;
+    pfp::MultiProcessor<> mp(pfp::Value{{"base", 10}}, o);
+    for (int i = 0; i < 6; ++i)
+      mp.register_function("f" + std::to_string(i), [](const pfp::Value& ctx, const pfp::Args& a) {
+        if (a.at("n").as<int>() == 3) throw std::length_error("three is too long");
+        return ctx.at("base").as<int>() + a.at("n").as<int>();
+      }, pfp::Args{{"n", i}});
+    std::vector<std::tuple<std::string, std::size_t, pfp::Status, pfp::Value, std::string, bool>> out;
+    for (const pfp::Result& r : mp.execute_parallel())
+      out.emplace_back(r.function_name, r.index, r.status, r.result, r.error, r.pid == getpid());
+    return out;
+  };
+  const auto processes = run(pfp::Backend::processes);
+  REQUIRE(processes.size() == 6u);
+  CHECK(std::get<3>(processes[5]) == pfp::Value(15));
+  CHECK(std::get<2>(processes[3]) == pfp::Status::exception);
+  CHECK_FALSE(std::get<5>(processes[0]));  // ran in a worker process
+  auto in_process = [](auto rows) {
+    for (auto& row : rows) {
+      CHECK(std::get<5>(row));  // ran in this process
+      std::get<5>(row) = false;
+    }
+    return rows;
+  };
+  CHECK((in_process(run(pfp::Backend::threads)) == processes));  // (parenthesized: Catch cannot print the tuples)
+  CHECK((in_process(run(pfp::Backend::inline_)) == processes));
+}

@@ -38,8 +38,8 @@ struct TaskView {
 /// how a task fails: the backend turns the exception into Status::exception.
 using FeedRunner = std::function<void(const TaskView& task, Result& r)>;
 
-/// A run's source of tasks and sink of results. Backends call it from one thread only (the one
-/// that runs the backend), never concurrently.
+/// A run's source of tasks and sink of results. Backends call it one call at a time, never
+/// concurrently (the threads backend from several threads, under one mutex).
 class Feed {
  public:
   virtual ~Feed() = default;

@@ -3,6 +3,7 @@
 
 #include <pfp/error.hpp>
 #include <pfp/options.hpp>
+#include <pfp/backend.hpp>
 #include <pfp/pool.hpp>
 #include <pfp/result.hpp>
 #include <pfp/value.hpp>
@@ -215,7 +216,7 @@ class MultiProcessor {
       ~CloseCancel() { state.close(); }
     } close_cancel{*cancel_};
     detail::ListFeed feed(fresh);
-    detail::run_feed_processes(runner, options_, feed, cancel_.get());
+    detail::run_feed(runner, options_, feed, cancel_.get());
     results_ = std::move(fresh);
     last_run_duration_ = std::chrono::steady_clock::now() - run_started;
     return results_;
