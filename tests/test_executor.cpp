@@ -7,6 +7,7 @@
 #include <pfp/pfp.hpp>
 
 #include <algorithm>
+#include <set>
 #include <atomic>
 #include <csignal>
 #include <stdexcept>
@@ -325,4 +326,25 @@ TEST_CASE("executor: an argument that does not convert is that task's exception"
   auto small = ex.declare("small", [](std::int8_t n) { return static_cast<int>(n); });
   auto f = ex.submit(small, 1000);  // 1000 converts to int8_t in the caller... as an int argument
   CHECK(f.result().status == pfp::Status::exception);
+}
+
+TEST_CASE("executor: timeouts kill the task, fresh workers replace retired ones", "[executor]") {
+  pfp::Options o = executor_options(2);
+  o.timeout = std::chrono::milliseconds(300);
+  o.max_tasks_per_worker = 1;
+  pfp::Executor ex(o);
+  auto nap = ex.declare("nap", [](int ms_) {
+    sleep_ms(ms_);
+    return static_cast<int>(getpid());
+  });
+  auto t0 = Clock::now();
+  auto hung = ex.submit(nap, 20000);
+  std::vector<pfp::Future<int>> quick;
+  for (int i = 0; i < 6; ++i) quick.push_back(ex.submit(nap, 1));
+  CHECK(hung.result().status == pfp::Status::timed_out);
+  CHECK_THAT(hung.result().error, Contains("300 ms"));
+  CHECK(elapsed_ms(t0) < 10000);
+  std::set<int> pids;
+  for (auto& f : quick) pids.insert(f.get());
+  CHECK(pids.size() == quick.size());  // one process per task
 }
