@@ -254,3 +254,23 @@ TEST_CASE("map: every backend gives the same Results", "[map][backend]") {
   CHECK((run(pfp::Backend::threads) == processes));  // (parenthesized: Catch cannot print the tuples)
   CHECK((run(pfp::Backend::inline_) == processes));
 }
+
+TEST_CASE("map_unordered: a result finished before a long task on the same worker is delivered at once",
+          "[map]") {
+  // 20 instant items then one long one, one worker: after the first result the pool sends the
+  // rest as one batch, so the worker holds the long item behind the instant ones.
+  std::vector<int> naps(20, 0);
+  naps.push_back(1500);
+  std::vector<long long> delivered_ms(naps.size(), -1);
+  const auto t0 = Clock::now();
+  pfp::map_unordered(
+      map_options(1),
+      [](int ms_) {
+        sleep_ms(ms_);
+        return ms_;
+      },
+      [&](pfp::Result&& r) { delivered_ms[r.index] = elapsed_ms(t0); }, naps);
+  INFO("item 19 delivered after " << delivered_ms[19] << " ms, item 20 after " << delivered_ms[20] << " ms");
+  CHECK(delivered_ms[20] >= 1500);
+  CHECK(delivered_ms[19] < 700);
+}

@@ -442,6 +442,10 @@ class Pool {
           }
         }
       }
+      // A worker rings its doorbell only when it runs out of work, so results it finished before
+      // a long task it holds would wait for that task: look into the rings of busy workers too.
+      for (auto& w : workers_)
+        if (w->pid > 0 && w->queue.size() > 1 && w->ring.available() >= frame_header_size) collect(*w);
       auto now = Clock::now();
       enforce_timeouts(now);
       if (rc == 0 || now - last_sweep >= sweep_interval) {
@@ -487,6 +491,7 @@ class Pool {
   };
 
   static constexpr auto sweep_interval = std::chrono::milliseconds(50);
+  static constexpr auto ring_check_interval = std::chrono::milliseconds(2);
   static constexpr std::size_t read_chunk = std::size_t{1} << 16;
   static constexpr std::size_t out_limit = std::size_t{1} << 20;  // payload bytes queued per worker
   static constexpr std::size_t answered_kept = 64;
@@ -1110,6 +1115,8 @@ class Pool {
 
   int poll_timeout_ms() const {
     auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(sweep_interval);
+    for (auto& w : workers_)
+      if (w->queue.size() > 1) wait = std::min(wait, ring_check_interval);  // see the ring check in run()
     if (options_.timeout.count() > 0) {
       auto now = Clock::now();
       for (auto& w : workers_) {
