@@ -488,34 +488,52 @@ static void cpu_bench(double target_ms) {
   result("cpu_speedup", seq / par, "x");
 }
 
+/* --only a,b,c: run only the named groups (pool fork latency bigheap pipe memcpy shm cpu). */
+static const char* only = NULL;
+static int want(const char* name) {
+  if (!only) return 1;
+  size_t n = strlen(name);
+  for (const char* p = only; (p = strstr(p, name)) != NULL; p += n)
+    if ((p == only || p[-1] == ',') && (p[n] == ',' || p[n] == '\0')) return 1;
+  return 0;
+}
+
 int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     if (strcmp(argv[i], "--quick") == 0) {
       quick = 1;
+    } else if (strcmp(argv[i], "--only") == 0 && i + 1 < argc) {
+      only = argv[++i];
     } else {
-      fprintf(stderr, "usage: floors [--quick]\n");
+      fprintf(stderr, "usage: floors [--quick] [--only pool,fork,latency,bigheap,pipe,memcpy,shm,cpu]\n");
       return 2;
     }
   }
   setvbuf(stdout, NULL, _IOLBF, 0);
   const size_t big = quick ? ((size_t)64 << 20) : ((size_t)1 << 30);
 
-  result("pool_rr1_us", pool_bench(quick ? 5000 : 50000, 1, 1), "us");
-  result("pool_rr16_us", pool_bench(quick ? 20000 : 200000, 16, 1), "us");
-  result("pool_batch256_us", pool_bench(quick ? 200000 : 5000000, 512, 256), "us");
-  result("fork_latency_us", fork_latency_bench(), "us");
-  result("fork_us", fork_bench(quick ? 200 : 2000), "us");
-  result("fork2_us", fork2_bench(quick ? 200 : 2000), "us");
-  {
+  if (want("pool")) {
+    result("pool_rr1_us", pool_bench(quick ? 5000 : 50000, 1, 1), "us");
+    result("pool_rr16_us", pool_bench(quick ? 20000 : 200000, 16, 1), "us");
+    result("pool_batch256_us", pool_bench(quick ? 200000 : 5000000, 512, 256), "us");
+  }
+  if (want("latency")) result("fork_latency_us", fork_latency_bench(), "us");
+  if (want("fork")) {
+    result("fork_us", fork_bench(quick ? 200 : 2000), "us");
+    result("fork2_us", fork2_bench(quick ? 200 : 2000), "us");
+  }
+  if (want("bigheap")) {
     char* heap = touched(big);
     result("fork_bigheap_us", fork_bench(quick ? 5 : 20), "us");
     munmap(heap, big);
   }
-  result("pipe_gbps", pipe_bench(big, 1 << 20), "GB/s");
-  result("pipe64k_gbps", pipe_bench(big, 0), "GB/s");
-  result("memcpy_gbps", memcpy_bench(big), "GB/s");
-  result("shm_gbps", shm_bench(big), "GB/s");
-  cpu_bench(quick ? 20.0 : 100.0);
+  if (want("pipe")) {
+    result("pipe_gbps", pipe_bench(big, 1 << 20), "GB/s");
+    result("pipe64k_gbps", pipe_bench(big, 0), "GB/s");
+  }
+  if (want("memcpy")) result("memcpy_gbps", memcpy_bench(big), "GB/s");
+  if (want("shm")) result("shm_gbps", shm_bench(big), "GB/s");
+  if (want("cpu")) cpu_bench(quick ? 20.0 : 100.0);
   result("size_bytes", (double)big, "bytes");
   return 0;
 }

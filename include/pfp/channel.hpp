@@ -47,6 +47,10 @@ struct SharedBlock {
   std::atomic<std::uint64_t> pipe_read_total{0};
   alignas(64) std::atomic<std::uint64_t> produced{0};  // bytes ever written to the ring
   alignas(64) std::atomic<std::uint64_t> consumed{0};  // bytes ever taken by the parent
+  // Big results left in the worker's memory (remote.hpp): whether the worker may send them that way
+  // (set by the parent), and the futex word the parent answers a remote frame on.
+  alignas(64) std::atomic<std::uint32_t> remote_allowed{0};
+  std::atomic<std::uint32_t> remote_ack{0};
 };
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free, "pfp needs lock-free 64-bit atomics in shared memory");
 

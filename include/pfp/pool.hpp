@@ -13,6 +13,7 @@
 
 #include <pfp/channel.hpp>
 #include <pfp/detail/posix.hpp>
+#include <pfp/detail/remote.hpp>
 #include <pfp/error.hpp>
 #include <pfp/feed.hpp>
 #include <pfp/options.hpp>
@@ -94,11 +95,16 @@ inline int worker_result_fd = -1;
 /// same fault-injection tests.
 inline std::uint64_t worker_current_ticket = 0;
 
-// Runs one task and encodes its Result into frame.
+// Runs one task into r and encodes r into frame. Strings of remote_min bytes or more are left in
+// r (a frame_kind_remote frame), which must then stay untouched until the parent has answered.
 inline void run_one(std::uint64_t ticket, const TaskView& task, const FeedRunner& run, const Options& opt,
-                    std::string& frame) {
+                    std::string& frame, Result& r, std::size_t remote_min = no_remote) {
   const std::size_t index = static_cast<std::size_t>(ticket);
-  Result r;
+  r.function_name.clear();
+  r.result = Value();
+  r.error.clear();
+  r.pid = 0;
+  r.attempts = 0;
   r.index = index;
   auto start = Clock::now();
   try {
@@ -120,9 +126,8 @@ inline void run_one(std::uint64_t ticket, const TaskView& task, const FeedRunner
   r.duration = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start);
   r.index = index;  // whatever the function did to its Result, the frame names the right task
   try {
-    encode_result_frame_into(r, frame);
-    if (frame.size() - frame_header_size > opt.max_result_bytes) {
-      std::size_t size = frame.size() - frame_header_size;
+    const std::size_t size = encode_result_frame_into(r, frame, remote_min);
+    if (size > opt.max_result_bytes) {
       std::string().swap(frame);
       r.status = Status::exception;
       r.result = Value();
@@ -165,6 +170,8 @@ inline std::uint64_t bytes_ever_written(int result_fd, SharedBlock* shared) noex
   bool bell_owed = false;  // frames in the ring the parent has not been told about
   RingWriter ring_out(shared, ring);
   std::string frame;
+  Result r;
+  bool remote_refused = false;  // the parent could not read this worker's memory
   worker_result_fd = result_fd;
   apply_memory_limit(opt);
   auto ring_bell = [&] {
@@ -194,14 +201,29 @@ inline std::uint64_t bytes_ever_written(int result_fd, SharedBlock* shared) noex
       // Only the parent reads this pipe, so its byte count can grow during a function only if
       // the function (or something it started) wrote to it.
       const std::uint64_t written_before = bytes_ever_written(result_fd, shared);
-      run_one(ticket, task, run, opt, frame);
+      const bool remote = !remote_refused && shared->remote_allowed.load(std::memory_order_relaxed) != 0;
+      run_one(ticket, task, run, opt, frame, r, remote ? remote_min_size : no_remote);
       if (bytes_ever_written(result_fd, shared) > written_before) {
         std::uint64_t none = 0;
         shared->corrupted_by.compare_exchange_strong(none, ticket + 1);
       }
       at += task_header_size + task.payload.size();
       flush_standard_streams();  // what the function printed appears even though the worker leaves by _exit
-      if (ring_out.put(frame)) {
+      if (frame_kind(frame) == frame_kind_remote) {
+        // The big strings stay in r until the parent has copied them.
+        shared->remote_ack.store(remote_ack_waiting, std::memory_order_relaxed);
+        if (!write_all(result_fd, frame.data(), frame.size())) ::_exit(0);
+        if (remote_wait(shared->remote_ack) == remote_ack_refused) {
+          remote_refused = true;
+          encode_result_frame_into(r, frame);  // within the limit: it was checked with the strings counted
+        } else {
+          frame.clear();
+        }
+      }
+      r.result = Value();
+      if (frame.empty()) {
+        // delivered from the worker's memory
+      } else if (ring_out.put(frame)) {
         bell_owed = true;
       } else if (!write_all(result_fd, frame.data(), frame.size())) {
         ::_exit(0);  // the parent is gone
@@ -633,6 +655,7 @@ class Pool {
       ::fcntl(results.write.get(), F_SETPIPE_SZ, 1 << 20);  // fewer wake-ups for large results
 #endif
       w->shared = SharedRegion::create();
+      w->shared.block()->remote_allowed.store(remote_transfer_supported && !remote_reads_refused.load(), std::memory_order_relaxed);
       close_in_child.push_back(tasks.write.get());
       close_in_child.push_back(results.read.get());
       const int task_fd = tasks.read.get();
@@ -816,8 +839,12 @@ class Pool {
         const bool has_expected = !w.queue.empty();
         const std::uint64_t expected = has_expected ? w.queue.front() : 0;
         if (has_expected && !from_pipe.empty() && frame_index(from_pipe) == expected) {
-          accept(w, decode_result_frame(from_pipe, max_frame()));
-          w.consumed += from_pipe.size();
+          if (frame_kind(from_pipe) == frame_kind_remote) {
+            take_remote(w, from_pipe);
+          } else {
+            accept(w, decode_result_frame(from_pipe, max_frame()));
+            w.consumed += from_pipe.size();
+          }
         } else if (has_expected && !from_ring.empty() && frame_index(from_ring) == expected) {
           accept(w, decode_result_frame(from_ring, max_frame()));
           w.ring.advance(from_ring.size());
@@ -849,6 +876,36 @@ class Pool {
       w.consumed = 0;
     }
     return true;
+  }
+
+  // A result whose big strings are still in the worker's memory: copy them, then let the worker go
+  // on. If the kernel will not let this process read the worker's memory, the worker is told to
+  // send the result through the pipe instead (and no worker tries again). If the worker died before
+  // its memory was read, the result is lost with it: its death is noticed on its pipe, and the task
+  // it was running is reported as crashed.
+  void take_remote(Worker& w, std::string_view frame) {
+    std::atomic<std::uint32_t>& ack = w.shared.block()->remote_ack;
+    const std::size_t own = frame.size() - frame_header_size;
+    RemoteReader reader(w.pid, max_frame() > own ? max_frame() - own : 0);
+    Result decoded;
+    try {
+      decoded = decode_result_frame(frame, max_frame(), &reader);
+    } catch (const remote_unavailable& e) {
+      w.consumed += frame.size();
+      if (!e.gone()) {
+        remote_reads_refused.store(1);
+        remote_answer(ack, remote_ack_refused);
+      }
+      return;
+    } catch (const std::bad_alloc&) {
+      decoded = Result();
+      decoded.index = static_cast<std::size_t>(frame_index(frame));
+      decoded.status = Status::exception;
+      decoded.error = "pfp: the parent could not allocate memory for the result (std::bad_alloc)";
+    }
+    remote_answer(ack, remote_ack_copied);
+    w.consumed += frame.size();
+    accept(w, std::move(decoded));
   }
 
   // The next whole frame in the worker's ring, or an empty view.

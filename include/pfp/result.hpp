@@ -62,6 +62,10 @@ inline constexpr std::size_t frame_header_size = 16;
 inline constexpr std::uint16_t frame_kind_result = 0;
 // A header with no payload that only says "look at the shared ring": see channel.hpp.
 inline constexpr std::uint16_t frame_kind_doorbell = 1;
+// A result frame whose Value refers to strings left in the worker's memory (Tag::remote_*): the
+// parent copies them with process_vm_readv, then acknowledges (remote.hpp); only then may the
+// worker touch that memory again. Only ever sent through the pipe.
+inline constexpr std::uint16_t frame_kind_remote = 2;
 
 struct FrameHeader {
   std::uint32_t magic;
@@ -71,20 +75,24 @@ struct FrameHeader {
 };
 static_assert(sizeof(FrameHeader) == frame_header_size, "FrameHeader must be 16 bytes");
 
-/// Encodes r as a frame into out (resized to fit; its capacity is reused).
-inline void encode_result_frame_into(const Result& r, std::string& out) {
+/// Encodes r as a frame into out (resized to fit; its capacity is reused). Strings of remote_min
+/// (>= 8) bytes or more are left in place as remote references, which makes it a frame_kind_remote
+/// frame. Returns the payload size of the frame with every string in it (what the limit applies to).
+inline std::size_t encode_result_frame_into(const Result& r, std::string& out, std::size_t remote_min = no_remote) {
   std::uint64_t duration = zigzag(static_cast<std::int64_t>(r.duration.count()));
+  RemoteTally remote;
   std::size_t payload = varint_size(r.index) + 1 + varint_size(duration) + varint_size(r.error.size()) +
-                        r.error.size() + encoded_size(r.result);
+                        r.error.size() + encoded_size(r.result, 0, remote_min, &remote);
   out.resize(frame_header_size + payload);
-  FrameHeader h{frame_magic, frame_version, frame_kind_result, payload};
+  FrameHeader h{frame_magic, frame_version, remote.strings ? frame_kind_remote : frame_kind_result, payload};
   std::memcpy(out.data(), &h, sizeof h);
-  Writer w(out.data() + frame_header_size);
+  Writer w(out.data() + frame_header_size, remote.strings ? remote_min : no_remote);
   w.varint(r.index);
   w.byte(static_cast<std::uint8_t>(r.status));
   w.varint(duration);
   w.text(r.error);
   w.value(r.result);
+  return payload + remote.extra();
 }
 
 inline std::string encode_result_frame(const Result& r) {
@@ -119,7 +127,7 @@ inline std::optional<std::size_t> frame_size(std::string_view buf, std::size_t m
   if (h.magic != frame_magic) throw error("pfp: protocol error: bad frame magic (the worker wrote something that is not a pfp frame)");
   if (h.version != frame_version)
     throw error("pfp: protocol error: frame version " + std::to_string(h.version) + ", expected " + std::to_string(frame_version));
-  if (h.kind != frame_kind_result && !(h.kind == frame_kind_doorbell && h.payload_size == 0))
+  if (h.kind != frame_kind_result && h.kind != frame_kind_remote && !(h.kind == frame_kind_doorbell && h.payload_size == 0))
     throw error("pfp: protocol error: unknown frame kind " + std::to_string(h.kind));
   if (h.payload_size > max_frame || h.payload_size > std::numeric_limits<std::size_t>::max() - frame_header_size)
     throw error("pfp: result of " + std::to_string(h.payload_size) + " bytes exceeds the limit of " + std::to_string(max_frame) +
@@ -127,14 +135,17 @@ inline std::optional<std::size_t> frame_size(std::string_view buf, std::size_t m
   return frame_header_size + static_cast<std::size_t>(h.payload_size);
 }
 
-/// Decodes one whole frame. Throws pfp::error on anything malformed.
-inline Result decode_result_frame(std::string_view frame, std::size_t max_frame) {
+/// Decodes one whole frame. A frame_kind_remote frame needs the worker's memory as `remote`.
+/// Throws pfp::error on anything malformed.
+inline Result decode_result_frame(std::string_view frame, std::size_t max_frame, RemoteSource* remote = nullptr) {
   std::optional<std::size_t> size = frame_size(frame, max_frame);
   if (!size) throw error("pfp: protocol error: truncated frame header");
-  if (frame_kind(frame) != frame_kind_result) throw error("pfp: protocol error: not a result frame");
+  const std::uint16_t kind = frame_kind(frame);
+  if (kind != frame_kind_result && !(kind == frame_kind_remote && remote))
+    throw error("pfp: protocol error: not a result frame");
   if (*size != frame.size())
     throw error("pfp: protocol error: frame says " + std::to_string(*size) + " bytes, got " + std::to_string(frame.size()));
-  Reader rd(frame.substr(frame_header_size));
+  Reader rd(frame.substr(frame_header_size), kind == frame_kind_remote ? remote : nullptr);
   Result r;
   r.index = static_cast<std::size_t>(rd.varint());
   std::uint8_t status = rd.byte();

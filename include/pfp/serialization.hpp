@@ -30,6 +30,26 @@ enum class Tag : std::uint8_t {
   object = 8,
   packed_integers = 9,
   packed_doubles = 10,
+  // Only inside a worker's remote frame (result.hpp): a string or blob left in the worker's memory,
+  // as varint size + 8-byte address, for the parent to copy with process_vm_readv (remote.hpp).
+  remote_string = 11,
+  remote_bytes = 12,
+};
+
+/// Strings and blobs of at least this many bytes may be left in a worker's memory for the parent
+/// to copy directly (see remote.hpp) instead of being serialized into the frame.
+inline constexpr std::size_t remote_min_size = std::size_t{1} << 20;
+/// "Never leave a string in place": the encoding pfp::encode() uses.
+inline constexpr std::size_t no_remote = static_cast<std::size_t>(-1);
+
+/// Where a Reader gets the bytes of a remote_string / remote_bytes reference.
+class RemoteSource {
+ public:
+  /// The `size` bytes at `address` in the other process. Throws pfp::error if they cannot be had.
+  virtual std::string fetch(std::uint64_t address, std::size_t size) = 0;
+
+ protected:
+  ~RemoteSource() = default;
 };
 
 /// Nesting deeper than this is refused by the decoder, so hostile input cannot exhaust the stack.
@@ -61,9 +81,23 @@ inline Tag array_tag(const Value::Array& arr) noexcept {
   return t == Value::Type::integer ? Tag::packed_integers : Tag::packed_doubles;
 }
 
+// Bytes of the encoding of a remote reference to a string of n bytes.
+inline std::size_t remote_ref_size(std::size_t n) noexcept { return 1 + varint_size(n) + 8; }
+
+/// The strings an encoding leaves in place as remote references.
+struct RemoteTally {
+  std::size_t strings = 0;
+  std::size_t bytes = 0;
+  /// How much bigger the encoding would be with those strings in it.
+  std::size_t extra() const noexcept { return bytes - 8 * strings; }
+};
+
 // Throws pfp::error for a value nested deeper than the decoder accepts, so the limit is met on
 // the sending side, where it can be reported as the function's own error.
-inline std::size_t encoded_size(const Value& v, std::size_t depth = 0) {
+// Strings of remote_min (>= 8) bytes or more count as remote references, which *tally (if given)
+// counts.
+inline std::size_t encoded_size(const Value& v, std::size_t depth = 0, std::size_t remote_min = no_remote,
+                                RemoteTally* tally = nullptr) {
   if (depth > max_decode_depth)
     throw error("pfp: the value nests deeper than " + std::to_string(max_decode_depth) + " levels, the most pfp encodes");
   switch (v.type()) {
@@ -72,18 +106,28 @@ inline std::size_t encoded_size(const Value& v, std::size_t depth = 0) {
     case Value::Type::integer: return 1 + varint_size(zigzag(v.as<std::int64_t>()));
     case Value::Type::floating: return 1 + 8;
     case Value::Type::string:
-    case Value::Type::bytes: return 1 + varint_size(v.str().size()) + v.str().size();
+    case Value::Type::bytes: {
+      const std::size_t n = v.str().size();
+      if (n >= remote_min) {
+        if (tally) {
+          ++tally->strings;
+          tally->bytes += n;
+        }
+        return remote_ref_size(n);
+      }
+      return 1 + varint_size(n) + n;
+    }
     case Value::Type::array: {
       const auto& arr = v.elements();
       std::size_t n = 1 + varint_size(arr.size());
       if (array_tag(arr) != Tag::array) return n + 8 * arr.size();
-      for (const Value& e : arr) n += encoded_size(e, depth + 1);
+      for (const Value& e : arr) n += encoded_size(e, depth + 1, remote_min, tally);
       return n;
     }
     case Value::Type::object: {
       const auto& obj = v.items();
       std::size_t n = 1 + varint_size(obj.size());
-      for (const auto& [k, e] : obj) n += varint_size(k.size()) + k.size() + encoded_size(e, depth + 1);
+      for (const auto& [k, e] : obj) n += varint_size(k.size()) + k.size() + encoded_size(e, depth + 1, remote_min, tally);
       return n;
     }
   }
@@ -92,7 +136,9 @@ inline std::size_t encoded_size(const Value& v, std::size_t depth = 0) {
 
 class Writer {
  public:
-  explicit Writer(char* out) noexcept : p_(out) {}
+  /// Strings of remote_min bytes or more are written as references to this process's memory,
+  /// which must then stay untouched until the reader has copied them.
+  explicit Writer(char* out, std::size_t remote_min = no_remote) noexcept : p_(out), remote_min_(remote_min) {}
   char* position() const noexcept { return p_; }
 
   void byte(std::uint8_t b) noexcept { *p_++ = static_cast<char>(b); }
@@ -127,10 +173,19 @@ class Writer {
         break;
       }
       case Value::Type::string:
-      case Value::Type::bytes:
-        byte(static_cast<std::uint8_t>(v.is_string() ? Tag::string : Tag::bytes));
-        text(v.str());
+      case Value::Type::bytes: {
+        const std::string& s = v.str();
+        if (s.size() >= remote_min_) {
+          byte(static_cast<std::uint8_t>(v.is_string() ? Tag::remote_string : Tag::remote_bytes));
+          varint(s.size());
+          const auto address = static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(s.data()));
+          raw(&address, 8);
+        } else {
+          byte(static_cast<std::uint8_t>(v.is_string() ? Tag::string : Tag::bytes));
+          text(s);
+        }
         break;
+      }
       case Value::Type::array: {
         const auto& arr = v.elements();
         Tag tag = array_tag(arr);
@@ -166,13 +221,16 @@ class Writer {
 
  private:
   char* p_;
+  std::size_t remote_min_;
 };
 
 /// Bounds-checked reader: every length is checked against the bytes that remain before anything
 /// is allocated, so a hostile or truncated buffer ends in pfp::error, never an overread.
 class Reader {
  public:
-  explicit Reader(std::string_view in) noexcept : p_(in.data()), end_(in.data() + in.size()) {}
+  /// remote: where remote references are fetched from; without one they are malformed input.
+  explicit Reader(std::string_view in, RemoteSource* remote = nullptr) noexcept
+      : p_(in.data()), end_(in.data() + in.size()), remote_(remote) {}
   std::size_t remaining() const noexcept { return static_cast<std::size_t>(end_ - p_); }
 
   [[noreturn]] static void fail(const std::string& why) { throw error("pfp: malformed encoded data: " + why); }
@@ -225,6 +283,17 @@ class Reader {
       }
       case Tag::string: return Value(std::string(text()));
       case Tag::bytes: return Value::bytes(text());
+      case Tag::remote_string:
+      case Tag::remote_bytes: {
+        if (!remote_) fail("a reference to another process's memory outside a worker's remote frame");
+        const std::uint64_t n = varint();
+        std::uint64_t address;
+        std::memcpy(&address, take(8), 8);
+        if (n > static_cast<std::uint64_t>(static_cast<std::size_t>(-1) / 2)) fail("a remote string of " + std::to_string(n) + " bytes");
+        std::string s = remote_->fetch(address, static_cast<std::size_t>(n));
+        if (static_cast<Tag>(tag) == Tag::remote_bytes) return Value::bytes(std::move(s));
+        return Value(std::move(s));
+      }
       case Tag::array: {
         std::size_t n = count(1);
         Value::Array arr;
@@ -268,6 +337,7 @@ class Reader {
  private:
   const char* p_;
   const char* end_;
+  RemoteSource* remote_;
 };
 
 }  // namespace detail
