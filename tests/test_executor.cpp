@@ -348,3 +348,35 @@ TEST_CASE("executor: timeouts kill the task, fresh workers replace retired ones"
   for (auto& f : quick) pids.insert(f.get());
   CHECK(pids.size() == quick.size());  // one process per task
 }
+
+TEST_CASE("executor: when no worker can start, futures are cancelled with the reason and submit() throws",
+          "[executor]") {
+  // In a child whose descriptor limit leaves no room for a worker's pipes.
+  ChildOutcome o = run_in_child([] {
+    pfp::Executor ex(executor_options(2));
+    auto id = ex.declare("id", [](int n) { return n; });
+    // Take every descriptor but the four the executor's own wake-up and cancel pipes need.
+    std::vector<int> hog;
+    for (int fd; (fd = ::dup(0)) >= 0;) hog.push_back(fd);
+    for (int k = 0; k < 4 && !hog.empty(); ++k) {
+      ::close(hog.back());
+      hog.pop_back();
+    }
+    ex.start();
+    auto f = ex.submit(id, 1);
+    const pfp::Result& r = f.result();
+    for (int fd : hog) ::close(fd);
+    std::printf("status=%s error=%s\n", std::string(pfp::to_string(r.status)).c_str(), r.error.c_str());
+    try {
+      ex.submit(id, 2);
+      std::printf("second submit accepted\n");
+    } catch (const pfp::error& e) {
+      std::printf("second submit: %s\n", e.what());
+    }
+    return 0;
+  });
+  INFO(o.out);
+  REQUIRE(o.exited_ok());
+  CHECK_THAT(o.out, Contains("status=cancelled") && Contains("could not start any worker process"));
+  CHECK_THAT(o.out, Contains("second submit: pfp::Executor: the pool has failed"));
+}

@@ -462,11 +462,12 @@ class Executor {
     QueueFeed feed(*this);
     try {
       detail::run_feed(task_runner(), options_, feed, &cancel_state_);
-    } catch (const std::exception& e) {
+    } catch (...) {
+      const std::string why = detail::describe_current_exception();
       std::lock_guard<std::mutex> lock(mutex_);
-      failure_ = e.what();
+      failure_ = why;
       closed_ = true;
-      cancel_queued_locked(std::string("not run: the pool failed: ") + e.what());
+      cancel_queued_locked("not run: the pool failed: " + why);
     }
     cancel_state_.close();
     completed_cv_.notify_all();
