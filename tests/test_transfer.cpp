@@ -10,10 +10,14 @@
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
+#include <iostream>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
+#include <fcntl.h>
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <signal.h>
@@ -355,4 +359,40 @@ TEST_CASE("forged remote frames: over the limit, or naming memory the worker doe
   CHECK(b.results[2].status == Status::crashed);
   CHECK_THAT(b.results[2].error, Contains("protocol error"));
   CHECK(b.results[3].result == Value(4));
+}
+
+TEST_CASE("what a function prints through a buffered std::cout appears even if its worker dies later", "[transfer][hygiene]") {
+  // Workers skip flushing std::cout when its buffer is empty; with sync_with_stdio(false) it has a
+  // buffer of its own, which must still be flushed after every function: a worker killed later
+  // would take the text with it.
+  const std::string out = pfp_test::temp_path("cout");
+  pfp_fault::Bounded b = pfp_fault::run_bounded(
+      [&] {
+        std::ios::sync_with_stdio(false);
+        const int fd = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        if (fd < 0 || ::dup2(fd, STDOUT_FILENO) < 0) throw std::runtime_error("cannot redirect stdout");
+        ::close(fd);
+        MultiProcessor<> mp(Value{}, workers(1));
+        for (int i = 0; i < 3; ++i)
+          mp.register_function("print", [i](const Value&, const Args&) {
+            std::cout << "printed-by-" << i << "\n";  // no std::endl, no flush
+            return i;
+          });
+        mp.register_function("die", [](const Value&, const Args&) {
+          ::raise(SIGKILL);
+          return 0;
+        });
+        return mp.execute_parallel();
+      },
+      std::chrono::milliseconds(30000));
+  INFO(b.describe());
+  REQUIRE(b.finished);
+  REQUIRE(b.results.size() == 4);
+  const std::string printed = pfp_test::read_file(out);
+  std::remove(out.c_str());
+  for (int i = 0; i < 3; ++i) {
+    CHECK(b.results[static_cast<std::size_t>(i)].status == Status::ok);
+    CHECK_THAT(printed, Contains("printed-by-" + std::to_string(i) + "\n"));
+  }
+  CHECK(b.results[3].status == Status::crashed);
 }

@@ -97,16 +97,17 @@ inline std::uint64_t worker_current_ticket = 0;
 
 // Runs one task into r and encodes r into frame. Strings of remote_min bytes or more are left in
 // r (a frame_kind_remote frame), which must then stay untouched until the parent has answered.
+// r is reused from task to task (start: when the task began).
 inline void run_one(std::uint64_t ticket, const TaskView& task, const FeedRunner& run, const Options& opt,
-                    std::string& frame, Result& r, std::size_t remote_min = no_remote) {
+                    std::string& frame, Result& r, std::size_t remote_min = no_remote,
+                    Clock::time_point start = Clock::now()) {
   const std::size_t index = static_cast<std::size_t>(ticket);
   r.function_name.clear();
-  r.result = Value();
+  if (!r.result.is_null()) r.result = Value();
   r.error.clear();
   r.pid = 0;
   r.attempts = 0;
   r.index = index;
-  auto start = Clock::now();
   try {
     run(task, r);
     r.status = Status::ok;
@@ -174,11 +175,19 @@ inline std::uint64_t bytes_ever_written(int result_fd, SharedBlock* shared) noex
   bool remote_refused = false;  // the parent could not read this worker's memory
   worker_result_fd = result_fd;
   apply_memory_limit(opt);
+  // Every byte ever written to the result pipe, as of the last look, plus what this worker wrote
+  // since: more than that after a task means the task (or something it started) wrote there. One
+  // look (a system call) per task.
+  std::uint64_t pipe_bytes = bytes_ever_written(result_fd, shared);
+  auto send = [&](const char* data, std::size_t n) {
+    if (!write_all(result_fd, data, n)) ::_exit(0);  // the parent is gone
+    pipe_bytes += n;
+  };
   auto ring_bell = [&] {
     if (!bell_owed) return;
     bell_owed = false;
     std::string_view bell = doorbell_frame();
-    if (!write_all(result_fd, bell.data(), bell.size())) ::_exit(0);
+    send(bell.data(), bell.size());
   };
   auto word = [&](std::size_t k) {
     std::uint64_t v;
@@ -194,25 +203,28 @@ inline std::uint64_t bytes_ever_written(int result_fd, SharedBlock* shared) noex
       task.fn = word(2);
       task.payload = std::string_view(in.get() + at + task_header_size, static_cast<std::size_t>(word(3)));
       task.worker = slot;
-      shared->started_at_ns.store(steady_now_ns(), std::memory_order_relaxed);
+      arm_cpu_limit(opt);
+      const Clock::time_point start = Clock::now();
+      shared->started_at_ns.store(std::chrono::duration_cast<std::chrono::nanoseconds>(start.time_since_epoch()).count(),
+                                  std::memory_order_relaxed);
       shared->started.store(ticket + 1, std::memory_order_release);
       worker_current_ticket = ticket;
-      arm_cpu_limit(opt);
-      // Only the parent reads this pipe, so its byte count can grow during a function only if
-      // the function (or something it started) wrote to it.
-      const std::uint64_t written_before = bytes_ever_written(result_fd, shared);
       const bool remote = !remote_refused && shared->remote_allowed.load(std::memory_order_relaxed) != 0;
-      run_one(ticket, task, run, opt, frame, r, remote ? remote_min_size : no_remote);
-      if (bytes_ever_written(result_fd, shared) > written_before) {
+      run_one(ticket, task, run, opt, frame, r, remote ? remote_min_size : no_remote, start);
+      // Only the parent reads this pipe, so its byte count can grow during a task only if the
+      // task (or something it started) wrote to it.
+      const std::uint64_t now_written = bytes_ever_written(result_fd, shared);
+      if (now_written > pipe_bytes) {
         std::uint64_t none = 0;
         shared->corrupted_by.compare_exchange_strong(none, ticket + 1);
       }
+      pipe_bytes = now_written;
       at += task_header_size + task.payload.size();
       flush_standard_streams();  // what the function printed appears even though the worker leaves by _exit
       if (frame_kind(frame) == frame_kind_remote) {
         // The big strings stay in r until the parent has copied them.
         shared->remote_ack.store(remote_ack_waiting, std::memory_order_relaxed);
-        if (!write_all(result_fd, frame.data(), frame.size())) ::_exit(0);
+        send(frame.data(), frame.size());
         if (remote_wait(shared->remote_ack) == remote_ack_refused) {
           remote_refused = true;
           encode_result_frame_into(r, frame);  // within the limit: it was checked with the strings counted
@@ -220,13 +232,13 @@ inline std::uint64_t bytes_ever_written(int result_fd, SharedBlock* shared) noex
           frame.clear();
         }
       }
-      r.result = Value();
+      if (!r.result.is_null()) r.result = Value();
       if (frame.empty()) {
         // delivered from the worker's memory
       } else if (ring_out.put(frame)) {
         bell_owed = true;
-      } else if (!write_all(result_fd, frame.data(), frame.size())) {
-        ::_exit(0);  // the parent is gone
+      } else {
+        send(frame.data(), frame.size());
       }
       if (frame.capacity() > ring_frame_limit) std::string().swap(frame);  // do not sit on a big result's memory
       if (opt.max_tasks_per_worker && ++done >= opt.max_tasks_per_worker) {

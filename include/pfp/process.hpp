@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
+#include <streambuf>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -35,6 +36,16 @@
 namespace pfp {
 namespace detail {
 
+/// Whether a stream buffer holds output it has not handed on yet (its put area is not empty).
+/// Naming the protected pptr()/pbase() through a derived class is what C++ allows.
+struct PutArea : std::streambuf {
+  static bool pending(std::streambuf* b) noexcept {
+    using Pointer = char* (std::streambuf::*)() const;
+    const Pointer next = &PutArea::pptr, base = &PutArea::pbase;
+    return b && (b->*next)() != (b->*base)();
+  }
+};
+
 /// Flushes what a function printed to stdout and stderr, cheaply when there is nothing to flush
 /// (it runs after every function in a worker).
 inline void flush_standard_streams() noexcept {
@@ -46,7 +57,9 @@ inline void flush_standard_streams() noexcept {
   std::fflush(stderr);
 #endif
   try {
-    std::cout.flush();  // has its own buffer only after std::ios::sync_with_stdio(false)
+    // std::cout has its own buffer only after std::ios::sync_with_stdio(false) (or with a
+    // buffer of the program's own put in): flushing an empty one costs a virtual call and more.
+    if (PutArea::pending(std::cout.rdbuf())) std::cout.flush();
   } catch (...) {
   }
 }

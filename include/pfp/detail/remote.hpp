@@ -24,6 +24,7 @@
 #include <string>
 #include <system_error>
 #include <thread>
+#include <utility>
 
 #include <sys/types.h>
 #if defined(__linux__)
@@ -98,24 +99,34 @@ template struct PrivateMember<StringSetLength, &std::string::_M_set_length>;
 #endif
 
 /// A std::string of n bytes written by fill(char* data) (which must write all n), without first
-/// zero-filling them where the standard library allows it.
-template <class Fill>
-std::string string_filled_by(std::size_t n, Fill&& fill) {
+/// zero-filling them where the standard library allows it. prepare(char* data) sees the fresh
+/// buffer before anything has touched it (beyond its first byte).
+template <class Prepare, class Fill>
+std::string string_filled_by(std::size_t n, Prepare&& prepare, Fill&& fill) {
   std::string s;
 #if defined(__cpp_lib_string_resize_and_overwrite)
   s.resize_and_overwrite(n, [&](char* p, std::size_t) {
+    prepare(p);
     fill(p);
     return n;
   });
 #elif defined(PFP_HAVE_STRING_SET_LENGTH)
   s.reserve(n);
+  prepare(s.data());
   fill(s.data());
   (s.*string_set_length(StringSetLength{}))(n);
 #else
+  s.reserve(n);
+  prepare(s.data());
   s.resize(n);
   fill(s.data());
 #endif
   return s;
+}
+
+template <class Fill>
+std::string string_filled_by(std::size_t n, Fill&& fill) {
+  return string_filled_by(n, [](char*) {}, std::forward<Fill>(fill));
 }
 
 // ---------------------------------------------------------------- parent side
@@ -164,7 +175,8 @@ class RemoteReader final : public RemoteSource {
     budget_ -= size;
 #if defined(__linux__)
     if (before_remote_read) before_remote_read(pid_);
-    std::string out = string_filled_by(size, [&](char* dst) { copy_in(dst, address, size); });
+    std::string out = string_filled_by(
+        size, [&](char* dst) { advise_huge_pages(dst, size); }, [&](char* dst) { copy_in(dst, address, size); });
     remote_bytes_read.fetch_add(size, std::memory_order_relaxed);
     return out;
 #else
@@ -196,7 +208,6 @@ class RemoteReader final : public RemoteSource {
   }
 
   void copy_in(char* dst, std::uint64_t address, std::size_t size) const {
-    advise_huge_pages(dst, size);
     int err = 0;
     if (size < parallel_min || usable_cpus() < 2) {
       err = copy_range(dst, address, size);
