@@ -21,6 +21,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <new>
 #include <string>
 #include <string_view>
@@ -87,6 +88,9 @@ class SharedRegion {
     base_ = nullptr;
   }
   explicit operator bool() const noexcept { return base_ != nullptr; }
+  /// Makes a region whose worker is gone (reaped) fit for a new one: fresh counters. The pages stay
+  /// mapped, so the parent takes no page fault on them after the next fork.
+  void renew() noexcept { new (base_) SharedBlock(); }
   SharedBlock* block() const noexcept { return reinterpret_cast<SharedBlock*>(base_); }
   char* ring() const noexcept { return base_ + header_bytes; }
 
@@ -155,6 +159,46 @@ class RingReader {
   SharedBlock* block_ = nullptr;
   const char* ring_ = nullptr;
   std::uint64_t pos_ = 0;
+};
+
+/// Parent side: bytes read from a worker's result pipe. Grown without zero-filling, copying only the
+/// bytes still unparsed: after every fork each page the parent writes costs it a copy-on-write
+/// fault, so only what read() fills is ever touched.
+class ReadBuffer {
+ public:
+  char* data() noexcept { return data_.get(); }
+  const char* data() const noexcept { return data_.get(); }
+  /// Bytes it can hold.
+  std::size_t capacity() const noexcept { return capacity_; }
+  /// Makes room for at least n bytes, keeping the bytes in [from, to) (moved to the start: the
+  /// caller's offsets change by -from when this returns true).
+  bool make_room(std::size_t from, std::size_t to, std::size_t n) {
+    if (n <= capacity_ && from == 0) return false;
+    if (n <= capacity_) {
+      std::memmove(data_.get(), data_.get() + from, to - from);
+      return true;
+    }
+    std::unique_ptr<char[]> bigger(new char[n]);
+    if (to > from) std::memcpy(bigger.get(), data_.get() + from, to - from);
+    data_ = std::move(bigger);
+    capacity_ = n;
+    return true;
+  }
+  void release() noexcept {
+    data_.reset();
+    capacity_ = 0;
+  }
+  ReadBuffer() = default;
+  ReadBuffer(ReadBuffer&& o) noexcept : data_(std::move(o.data_)), capacity_(std::exchange(o.capacity_, 0)) {}
+  ReadBuffer& operator=(ReadBuffer&& o) noexcept {
+    data_ = std::move(o.data_);
+    capacity_ = std::exchange(o.capacity_, 0);
+    return *this;
+  }
+
+ private:
+  std::unique_ptr<char[]> data_;
+  std::size_t capacity_ = 0;
 };
 
 }  // namespace detail

@@ -173,6 +173,12 @@ inline std::uint64_t bytes_ever_written(int result_fd, SharedBlock* shared) noex
   std::string frame;
   Result r;
   bool remote_refused = false;  // the parent could not read this worker's memory
+  // The parent made both pipes non-blocking; this worker's ends block.
+  ::fcntl(task_fd, F_SETFL, 0);
+  ::fcntl(result_fd, F_SETFL, 0);
+#if defined(__linux__) && defined(F_SETPIPE_SZ)
+  ::fcntl(result_fd, F_SETPIPE_SZ, 1 << 20);  // fewer wake-ups for large results
+#endif
   worker_result_fd = result_fd;
   apply_memory_limit(opt);
   // Every byte ever written to the result pipe, as of the last look, plus what this worker wrote
@@ -244,7 +250,7 @@ inline std::uint64_t bytes_ever_written(int result_fd, SharedBlock* shared) noex
       if (opt.max_tasks_per_worker && ++done >= opt.max_tasks_per_worker) {
         ring_bell();
         flush_stdio();
-        ::_exit(0);
+        leave(0);
       }
     }
     // Keep the partial message, make room for the rest of it, and wait for more.
@@ -425,6 +431,8 @@ class Pool {
     check_threads(options_);
     SigpipeBlock sigpipe_block;
     SigchldDefault sigchld_default;
+    signal_plan_ = SignalPlan::learn();
+    bind_worker_calls();
     target_workers_ = effective_workers(options_, feed_.size_hint());
     if (feed_.size_hint() && *feed_.size_hint() == 0) return;
 
@@ -455,6 +463,8 @@ class Pool {
         fds.push_back(pollfd{feed_.wake_fd(), POLLIN, 0});
         polled.push_back(nullptr);
       }
+      leaving_.append_poll_fds(fds);  // wake-ups only: a retired worker has exited
+      polled.resize(fds.size(), nullptr);
       for (auto& w : workers_) {
         if (!w->result_r) continue;
         fds.push_back(pollfd{w->result_r.get(), POLLIN, 0});
@@ -488,8 +498,9 @@ class Pool {
           if (w->pid > 0 && has_exited(w->pid)) worker_ended(*w);
       }
       remove_dead();
+      leaving_.collect([this](Retired&& r) { recycle(std::move(r.shared)); });
       spawn_missing();
-      if (workers_.empty() && (!pending_.empty() || !feed_exhausted())) give_up();
+      if (workers_.empty() && leaving_.empty() && (!pending_.empty() || !feed_exhausted())) give_up();
     }
     shutdown();
     if (consumer_error_) std::rethrow_exception(consumer_error_);
@@ -510,7 +521,7 @@ class Pool {
     unsigned sent = 0;
     std::string out;           // task messages not yet written to the task pipe
     std::size_t out_at = 0;    // bytes of out already written
-    std::vector<char> buf;     // bytes from the result pipe
+    ReadBuffer buf;            // bytes from the result pipe
     std::size_t have = 0;      // bytes in buf
     std::size_t consumed = 0;  // bytes of buf already parsed
   };
@@ -550,6 +561,15 @@ class Pool {
   unsigned target_workers_ = 1;
   double mean_duration_ns_ = -1;  // running mean of what workers report, to size the pipeline
   std::string last_spawn_error_;
+  SignalPlan signal_plan_;               // what a new worker resets of this thread's signal state
+  std::vector<int> close_in_child_;      // descriptors a new worker closes
+  std::vector<SharedRegion> spare_regions_;  // regions of gone workers, for new ones
+  ReadBuffer spare_buf_;                     // a gone worker's read buffer, for a new one
+  struct Retired {
+    SharedRegion shared;
+    UniqueFd result_r;
+  };
+  Leaving<Retired> leaving_;             // retired workers not yet reaped
   std::string scratch_;  // a ring frame that wraps around the end of the ring
 
   bool feed_exhausted() const noexcept { return feed_done_ || source_error_; }
@@ -638,8 +658,10 @@ class Pool {
   // ---- starting workers
 
   void spawn_missing() {
-    while (workers_.size() < target_workers_ && (!pending_.empty() || !feed_exhausted())) {
+    // A retired worker counts until it has exited: never more processes than Options::workers.
+    while (workers_.size() + leaving_.size() < target_workers_ && (!pending_.empty() || !feed_exhausted())) {
       if (!spawn_one()) break;
+      dispatch();  // the new worker gets its work now, not after its siblings have been forked
     }
   }
 
@@ -654,19 +676,28 @@ class Pool {
   bool spawn_one() {
     auto w = std::make_unique<Worker>();
     w->slot = free_slot();
-    std::vector<int> close_in_child;
+    std::vector<int>& close_in_child = close_in_child_;  // kept: no allocation per process
+    close_in_child.clear();
     for (auto& other : workers_) {
       if (other->task_w) close_in_child.push_back(other->task_w.get());
       if (other->result_r) close_in_child.push_back(other->result_r.get());
     }
     if (cancel_ && cancel_->wake_fd() >= 0) close_in_child.push_back(cancel_->wake_fd());
+    leaving_.list_descriptors(close_in_child, [&](const Retired& r) {
+      if (r.result_r) close_in_child.push_back(r.result_r.get());
+    });
     try {
-      Pipe tasks = make_pipe();
-      Pipe results = make_pipe();
-#if defined(__linux__) && defined(F_SETPIPE_SZ)
-      ::fcntl(results.write.get(), F_SETPIPE_SZ, 1 << 20);  // fewer wake-ups for large results
-#endif
-      w->shared = SharedRegion::create();
+      // Non-blocking from the start (the parent's ends must be); the worker makes its own ends
+      // blocking again, and sizes its result pipe: fewer system calls in the parent per process.
+      Pipe tasks = make_pipe(true);
+      Pipe results = make_pipe(true);
+      if (spare_regions_.empty()) {
+        w->shared = SharedRegion::create();
+      } else {
+        w->shared = std::move(spare_regions_.back());
+        spare_regions_.pop_back();
+        w->shared.renew();
+      }
       w->shared.block()->remote_allowed.store(remote_transfer_supported && !remote_reads_refused.load(), std::memory_order_relaxed);
       close_in_child.push_back(tasks.write.get());
       close_in_child.push_back(results.read.get());
@@ -677,12 +708,11 @@ class Pool {
       const FeedRunner& run = run_;
       const Options& opt = options_;
       const unsigned slot = w->slot;
-      w->pid = fork_worker([&] { worker_loop(task_fd, result_fd, block, ring, run, opt, slot); }, close_in_child);
+      w->pid = fork_worker([&] { worker_loop(task_fd, result_fd, block, ring, run, opt, slot); }, close_in_child,
+                           &signal_plan_);
       w->ring = RingReader(block, ring);
       w->task_w = std::move(tasks.write);
       w->result_r = std::move(results.read);
-      set_nonblocking(w->result_r.get());
-      set_nonblocking(w->task_w.get());
     } catch (const error& e) {
       last_spawn_error_ = e.what();
       return false;
@@ -797,10 +827,14 @@ class Pool {
                                                                : 0;
       want = std::max(want, std::min(missing, std::max(held, read_chunk)));
     }
-    if (w.buf.size() - w.have < want) w.buf.resize(w.have + want);
+    if (w.buf.capacity() == 0 && spare_buf_.capacity() >= want) w.buf = std::move(spare_buf_);  // see recycle()
+    if (w.buf.capacity() - w.have < want && w.buf.make_room(w.consumed, w.have, w.have - w.consumed + want)) {
+      w.have -= w.consumed;
+      w.consumed = 0;
+    }
     SharedBlock* block = w.shared ? w.shared.block() : nullptr;
     if (block) block->pipe_read_seq.fetch_add(1, std::memory_order_acq_rel);
-    ssize_t got = read_some(w.result_r.get(), w.buf.data() + w.have, w.buf.size() - w.have);
+    ssize_t got = read_some(w.result_r.get(), w.buf.data() + w.have, w.buf.capacity() - w.have);
     if (block) {
       if (got > 0) block->pipe_read_total.fetch_add(static_cast<std::uint64_t>(got), std::memory_order_acq_rel);
       block->pipe_read_seq.fetch_add(1, std::memory_order_acq_rel);
@@ -881,7 +915,7 @@ class Pool {
     w.ring.publish();
     if (w.consumed == w.have) {
       w.consumed = w.have = 0;
-      if (w.buf.size() > (std::size_t{4} << 20)) std::vector<char>().swap(w.buf);  // give back a big result's buffer
+      if (w.buf.capacity() > (std::size_t{4} << 20)) w.buf.release();  // give back a big result's buffer
     } else if (w.consumed > 0 && w.consumed >= w.have / 2) {
       std::memmove(w.buf.data(), w.buf.data() + w.consumed, w.have - w.consumed);
       w.have -= w.consumed;
@@ -1117,12 +1151,20 @@ class Pool {
     w.queue.clear();
   }
 
+  // A gone worker's shared region serves the next one (see SharedRegion::renew).
+  void recycle(SharedRegion&& region) {
+    if (region && spare_regions_.size() < target_workers_) spare_regions_.push_back(std::move(region));
+    region.reset();
+  }
+
+  // Called once the worker's process is gone (reaped), or its region moved out.
   void close_pipes(Worker& w) {
-    w.shared.reset();
+    recycle(std::move(w.shared));
+    if (w.buf.capacity() == read_chunk && spare_buf_.capacity() == 0) spare_buf_ = std::move(w.buf);  // for the next worker
     w.ring = RingReader();
     w.task_w.reset();
     w.result_r.reset();
-    std::vector<char>().swap(w.buf);
+    w.buf.release();
     std::string().swap(w.out);
     w.have = w.consumed = w.out_at = 0;
     w.pid = -1;
@@ -1162,11 +1204,14 @@ class Pool {
     close_pipes(w);
   }
 
-  // A worker that has run its allowance of functions leaves right after its last frame.
+  // A worker that has run its allowance of functions leaves right after its last frame. It is
+  // reaped once it has exited (Leaving, woken by its pidfd), not waited for: the parent serves the
+  // other workers meanwhile, and starts the successor as soon as it is gone. Its region and result
+  // pipe are kept until then (it may still ring its doorbell).
   void retire(Worker& w) {
     w.task_w.reset();
     w.ring.publish();
-    reap(w.pid, std::chrono::milliseconds(1000));
+    leaving_.add(w.pid, Retired{std::move(w.shared), std::move(w.result_r)}, std::chrono::milliseconds(1000));
     close_pipes(w);
   }
 
@@ -1184,6 +1229,12 @@ class Pool {
 
   int poll_timeout_ms() const {
     auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(sweep_interval);
+    if (!leaving_.empty()) {
+      // Without pidfds, look again soon; with them, by the earliest grace at the latest.
+      if (!leaving_.pollable()) wait = std::min(wait, std::chrono::milliseconds(1));
+      auto left = std::chrono::ceil<std::chrono::milliseconds>(*leaving_.next_deadline() - Clock::now());
+      wait = std::min(wait, std::max(left, std::chrono::milliseconds(0)));
+    }
     for (auto& w : workers_)
       if (w->queue.size() > 1) wait = std::min(wait, ring_check_interval);  // see the ring check in run()
     if (options_.timeout.count() > 0) {
@@ -1209,6 +1260,7 @@ class Pool {
       close_pipes(*w);
     }
     workers_.clear();
+    leaving_.finish([](Retired&&) {});
   }
 
   // Used when the run is left by an exception: nothing may outlive it.

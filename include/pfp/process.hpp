@@ -8,11 +8,14 @@
 #include <pfp/detail/posix.hpp>
 #include <pfp/error.hpp>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
+#include <optional>
 #include <streambuf>
 #include <string>
 #include <thread>
@@ -22,6 +25,10 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <stdio_ext.h>
+#include <sys/ioctl.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#endif
 
 #include <poll.h>
 #include <time.h>
@@ -68,46 +75,138 @@ inline void flush_standard_streams() noexcept {
 inline void flush_stdio() noexcept {
   std::fflush(nullptr);
   try {
-    std::cout.flush();
-    std::clog.flush();
-    std::cerr.flush();
+    // Only those with a buffer of their own that holds something: with sync_with_stdio(true) they
+    // write straight through stdio, flushed just above.
+    if (PutArea::pending(std::cout.rdbuf())) std::cout.flush();
+    if (PutArea::pending(std::clog.rdbuf())) std::clog.flush();
+    if (PutArea::pending(std::cerr.rdbuf())) std::cerr.flush();
   } catch (...) {
   }
 }
 
-/// In a freshly forked child: default dispositions for every signal, an empty mask, no
-/// alternate signal stack (the caller's belongs to the parent's memory layout, not ours).
-inline void reset_signals_in_child() noexcept {
+/// What a forked child has to undo of the parent's signal state. Learned in the parent once per
+/// run (64 queries), so that each child makes one system call per signal the parent actually
+/// handles or ignores instead of one per signal number: those calls are most of a child's start-up.
+struct SignalPlan {
+  std::vector<int> reset;  // signals whose disposition (or flags) is not the default
+  bool altstack = false;   // the calling thread has an alternate signal stack
+
+  /// The calling thread's current signal state. Handlers installed after this call (by another
+  /// thread, during the run) are not seen.
+  static SignalPlan learn() {
+    SignalPlan plan;
+#if defined(NSIG)
+    const int last = NSIG;
+#else
+    const int last = 65;
+#endif
+#if defined(SA_RESTORER)
+    const auto internal = static_cast<decltype(sigaction::sa_flags)>(SA_RESTORER);
+#elif defined(__linux__)
+    // SA_RESTORER (from <asm/signal.h>, not <signal.h>): glibc sets it on every sigaction().
+    const decltype(sigaction::sa_flags) internal = 0x04000000;
+#else
+    const decltype(sigaction::sa_flags) internal = 0;
+#endif
+    plan.reset.reserve(8);
+    for (int sig = 1; sig < last; ++sig) {
+      if (sig == SIGKILL || sig == SIGSTOP) continue;
+      struct sigaction current {};
+      if (::sigaction(sig, nullptr, &current) != 0) continue;  // not a signal number
+      if (current.sa_handler != SIG_DFL || (current.sa_flags & ~internal) != 0) plan.reset.push_back(sig);
+    }
+    stack_t ss{};
+    plan.altstack = ::sigaltstack(nullptr, &ss) == 0 && !(ss.ss_flags & SS_DISABLE);
+    return plan;
+  }
+};
+
+/// Ends a worker process at once, like _exit(), through a function bind_worker_calls() has bound.
+[[noreturn]] inline void leave(int code) noexcept {
+#if defined(__linux__)
+  ::syscall(SYS_exit_group, code);
+#endif
+  ::_exit(code);
+}
+
+/// Binds, in the parent, the library functions every new worker calls, once per process. With lazy
+/// binding (the default), a function the parent never called is looked up by the dynamic linker in
+/// each child on first use: a walk over the libraries' symbol tables that costs every worker a few
+/// microseconds and a dozen page faults. Each call below fails or does nothing.
+inline void bind_worker_calls() noexcept {
+  static std::atomic<bool> bound{false};
+  if (bound.exchange(true)) return;
+  sigset_t mask;
+  ::sigprocmask(SIG_BLOCK, nullptr, &mask);
+  [[maybe_unused]] pid_t parent = ::getppid();
+#if defined(__linux__)
+  int deathsig = 0;
+  ::prctl(PR_GET_PDEATHSIG, &deathsig);
+#endif
+  int n = 0;
+  [[maybe_unused]] int r = ::ioctl(-1, FIONREAD, &n);
+  char c = 0;
+  [[maybe_unused]] ssize_t io = ::read(-1, &c, 0);
+  io = ::write(-1, &c, 0);
+  r = ::close(-1);
+  r = ::fcntl(-1, F_GETFL);
+#if defined(__linux__)
+  [[maybe_unused]] long id = ::syscall(SYS_getppid);  // leave() exits through syscall()
+#endif
+#if defined(__GLIBC__) || defined(__linux__)
+  [[maybe_unused]] std::size_t pending = __fpending(stdout);
+#endif
+  try {
+    char* volatile block = new char[1];  // volatile: not elided
+    delete[] block;
+    std::string grown;
+    grown.resize(1, 'x');
+    grown.resize(64, 'x');  // past the small-string buffer: allocation, mutate, fill
+  } catch (...) {
+  }
+}
+
+/// In a freshly forked child: default dispositions for every signal (for those in plan only, when
+/// given), an empty mask, no alternate signal stack (the caller's belongs to the parent's memory
+/// layout, not ours).
+inline void reset_signals_in_child(const SignalPlan* plan = nullptr) noexcept {
   struct sigaction dfl {};
   dfl.sa_handler = SIG_DFL;
   sigemptyset(&dfl.sa_mask);
+  if (plan) {
+    for (int sig : plan->reset) ::sigaction(sig, &dfl, nullptr);
+  } else {
 #if defined(NSIG)
-  const int last = NSIG;
+    const int last = NSIG;
 #else
-  const int last = 65;
+    const int last = 65;
 #endif
-  for (int sig = 1; sig < last; ++sig) {
-    if (sig == SIGKILL || sig == SIGSTOP) continue;
-    ::sigaction(sig, &dfl, nullptr);  // fails harmlessly for numbers that are not signals
+    for (int sig = 1; sig < last; ++sig) {
+      if (sig == SIGKILL || sig == SIGSTOP) continue;
+      ::sigaction(sig, &dfl, nullptr);  // fails harmlessly for numbers that are not signals
+    }
   }
-  stack_t ss{};
-  ss.ss_flags = SS_DISABLE;
-  ::sigaltstack(&ss, nullptr);
+  if (!plan || plan->altstack) {
+    stack_t ss{};
+    ss.ss_flags = SS_DISABLE;
+    ::sigaltstack(&ss, nullptr);
+  }
   sigset_t none;
   sigemptyset(&none);
   ::sigprocmask(SIG_SETMASK, &none, nullptr);
 }
 
 /// Forks a child that runs body() and then leaves through _exit. In the child the descriptors
-/// in close_in_child are closed first. Returns the child's pid; throws pfp::error if fork fails.
+/// in close_in_child are closed first, and the signal state is reset (what `signals` names, or
+/// everything). Returns the child's pid; throws pfp::error if fork fails.
 template <class Body>
-pid_t fork_worker(Body&& body, const std::vector<int>& close_in_child) {
+pid_t fork_worker(Body&& body, const std::vector<int>& close_in_child, const SignalPlan* signals = nullptr) {
   flush_stdio();
   const pid_t parent = ::getpid();
   pid_t pid = ::fork();
   if (pid < 0) throw_errno("fork");
   if (pid == 0) {
-    reset_signals_in_child();
+    reset_signals_in_child(signals);
     ::setpgid(0, 0);
 #if defined(__linux__)
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
@@ -121,10 +220,10 @@ pid_t fork_worker(Body&& body, const std::vector<int>& close_in_child) {
       body();
     } catch (...) {
       flush_stdio();
-      ::_exit(126);
+      leave(126);
     }
     flush_stdio();
-    ::_exit(0);
+    leave(0);
   }
   // Also set from the parent, so a kill of the group right after fork cannot miss the child.
   ::setpgid(pid, pid);
@@ -225,6 +324,130 @@ inline int reap(pid_t pid, std::chrono::milliseconds grace) noexcept {
   if (wait_pid(pid, &status, 0) == pid) return status;
   return -1;
 }
+
+/// Test hook: false makes open_pidfd() fail, as on kernels before 5.3.
+inline bool use_pidfds = true;
+
+/// A descriptor that becomes readable when pid has exited (Linux 5.3+), or -1.
+inline int open_pidfd(pid_t pid) noexcept {
+  if (!use_pidfds) return -1;
+#if defined(__linux__)
+#if defined(SYS_pidfd_open)
+  const long nr = SYS_pidfd_open;
+#else
+  const long nr = 434;  // the same on every architecture
+#endif
+  const long fd = ::syscall(nr, pid, 0);
+  if (fd >= 0) {
+    ::fcntl(static_cast<int>(fd), F_SETFD, FD_CLOEXEC);  // pidfd_open sets it too; older kernels' docs vary
+    return static_cast<int>(fd);
+  }
+#else
+  (void)pid;
+#endif
+  return -1;
+}
+
+/// Processes that are leaving on their own (a worker that has run its allowance): reaped once they
+/// are gone, instead of waited for, so the parent goes on with the others meanwhile. Each holds
+/// `Keep` (what must outlive the process) until it is reaped, then hands it to the caller. Each has
+/// a pidfd to poll for its exit where the kernel has them; otherwise the caller polls briefly.
+template <class Keep>
+class Leaving {
+ public:
+  Leaving() = default;
+  Leaving(const Leaving&) = delete;
+  Leaving& operator=(const Leaving&) = delete;
+  ~Leaving() { kill_all(); }
+
+  /// pid has `grace` to exit before its process group is killed.
+  void add(pid_t pid, Keep keep, std::chrono::milliseconds grace) {
+    entries_.push_back(Entry{pid, std::chrono::steady_clock::now() + grace, UniqueFd(open_pidfd(pid)), std::move(keep)});
+  }
+  bool empty() const noexcept { return entries_.empty(); }
+  /// Processes not reaped yet (some may already have exited).
+  std::size_t size() const noexcept { return entries_.size(); }
+  /// Whether every one of them can be waited for with poll() (see append_poll_fds).
+  bool pollable() const noexcept {
+    for (const Entry& e : entries_)
+      if (!e.pidfd) return false;
+    return true;
+  }
+  /// Adds a POLLIN entry per pidfd: readable once that process has exited.
+  void append_poll_fds(std::vector<pollfd>& fds) const {
+    for (const Entry& e : entries_)
+      if (e.pidfd) fds.push_back(pollfd{e.pidfd.get(), POLLIN, 0});
+  }
+  /// Adds this object's own descriptors (the pidfds) and visits each Keep (for the caller's).
+  template <class Visit>
+  void list_descriptors(std::vector<int>& fds, Visit&& visit) const {
+    for (const Entry& e : entries_) {
+      if (e.pidfd) fds.push_back(e.pidfd.get());
+      visit(e.keep);
+    }
+  }
+  /// The earliest deadline, if any.
+  std::optional<std::chrono::steady_clock::time_point> next_deadline() const noexcept {
+    std::optional<std::chrono::steady_clock::time_point> first;
+    for (const Entry& e : entries_)
+      if (!first || e.deadline < *first) first = e.deadline;
+    return first;
+  }
+
+  /// Reaps those that have exited, and kills and reaps those past their grace; done(keep) for each.
+  template <class Done>
+  void collect(Done&& done) {
+    const auto now = std::chrono::steady_clock::now();
+    for (std::size_t k = 0; k < entries_.size();) {
+      Entry& e = entries_[k];
+      int status = 0;
+      pid_t r = wait_pid(e.pid, &status, WNOHANG);
+      if (r == 0 && now >= e.deadline) {
+        ::kill(-e.pid, SIGKILL);
+        ::kill(e.pid, SIGKILL);
+        r = wait_pid(e.pid, &status, 0);
+      }
+      if (r == 0) {
+        ++k;
+        continue;
+      }
+      done(std::move(e.keep));
+      e = std::move(entries_.back());
+      entries_.pop_back();
+    }
+  }
+
+  /// Waits for all of them, each within what is left of its grace.
+  template <class Done>
+  void finish(Done&& done) {
+    for (Entry& e : entries_) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(e.deadline - std::chrono::steady_clock::now());
+      reap(e.pid, std::max(left, std::chrono::milliseconds(0)));
+      done(std::move(e.keep));
+    }
+    entries_.clear();
+  }
+
+  /// Kills and reaps them all (a run left by an exception).
+  void kill_all() noexcept {
+    for (Entry& e : entries_) {
+      ::kill(-e.pid, SIGKILL);
+      ::kill(e.pid, SIGKILL);
+      int ignored = 0;
+      wait_pid(e.pid, &ignored, 0);
+    }
+    entries_.clear();
+  }
+
+ private:
+  struct Entry {
+    pid_t pid;
+    std::chrono::steady_clock::time_point deadline;
+    UniqueFd pidfd;
+    Keep keep;
+  };
+  std::vector<Entry> entries_;
+};
 
 }  // namespace detail
 }  // namespace pfp

@@ -67,15 +67,18 @@ struct Pipe {
   UniqueFd write;
 };
 
-/// A close-on-exec pipe. Throws pfp::error when the system is out of descriptors.
-inline Pipe make_pipe() {
+/// A close-on-exec pipe, both ends non-blocking if asked. Throws pfp::error when the system is out
+/// of descriptors.
+inline Pipe make_pipe(bool nonblocking = false) {
   int fds[2];
 #if defined(__linux__)
-  if (::pipe2(fds, O_CLOEXEC) != 0) throw_errno("pipe2");
+  if (::pipe2(fds, O_CLOEXEC | (nonblocking ? O_NONBLOCK : 0)) != 0) throw_errno("pipe2");
 #else
   if (::pipe(fds) != 0) throw_errno("pipe");
-  ::fcntl(fds[0], F_SETFD, FD_CLOEXEC);
-  ::fcntl(fds[1], F_SETFD, FD_CLOEXEC);
+  for (int fd : fds) {
+    ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+    if (nonblocking) ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK);
+  }
 #endif
   return Pipe{UniqueFd(fds[0]), UniqueFd(fds[1])};
 }
