@@ -240,28 +240,20 @@ class Reader {
     return static_cast<std::uint8_t>(*p_++);
   }
   std::uint64_t varint() {
-    if (remaining() >= 10) {  // the longest varint fits: no bounds check per byte
-      const auto* q = reinterpret_cast<const std::uint8_t*>(p_);
-      std::uint64_t v = 0;
-      for (unsigned i = 0; i < 10; ++i) {
-        const std::uint8_t b = q[i];
-        if (i == 9 && b > 1) fail("varint overflows 64 bits");
-        v |= static_cast<std::uint64_t>(b & 0x7F) << (7 * i);
-        if (!(b & 0x80)) {
-          p_ += i + 1;
-          return v;
-        }
-      }
-      fail("varint longer than 10 bytes");
-    }
+    // Bounds checked once: at most the 10 bytes a varint can take, or what is left.
+    const std::size_t n = remaining() < 10 ? remaining() : 10;
+    const auto* q = reinterpret_cast<const std::uint8_t*>(p_);
     std::uint64_t v = 0;
-    for (unsigned shift = 0; shift < 64; shift += 7) {
-      std::uint8_t b = byte();
-      if (shift == 63 && b > 1) fail("varint overflows 64 bits");
-      v |= static_cast<std::uint64_t>(b & 0x7F) << shift;
-      if (!(b & 0x80)) return v;
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::uint8_t b = q[i];
+      if (i == 9 && b > 1) fail("varint overflows 64 bits");  // also a 10th byte that says more follow
+      v |= static_cast<std::uint64_t>(b & 0x7F) << (7 * i);
+      if (!(b & 0x80)) {
+        p_ += i + 1;
+        return v;
+      }
     }
-    fail("varint longer than 10 bytes");
+    fail("unexpected end of input");
   }
   const char* take(std::uint64_t n) {
     if (n > remaining()) fail("a length of " + std::to_string(n) + " exceeds the " + std::to_string(remaining()) + " bytes left");
