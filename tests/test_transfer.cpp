@@ -7,6 +7,7 @@
 
 #include <pfp/pfp.hpp>
 
+#include <atomic>
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
@@ -395,4 +396,56 @@ TEST_CASE("what a function prints through a buffered std::cout appears even if i
     CHECK_THAT(printed, Contains("printed-by-" + std::to_string(i) + "\n"));
   }
   CHECK(b.results[3].status == Status::crashed);
+}
+
+namespace {
+std::atomic<int>* g_starts = nullptr;  // for the hook below, which is a plain function pointer
+}  // namespace
+
+TEST_CASE("a function that writes on pfp's result pipe: its worker starts nothing after it", "[transfer][faults]") {
+  // The worker notices the foreign bytes right after the function and leaves instead of starting
+  // the next one. Otherwise a parent slow to react (a busy machine) finds the worker already
+  // running the next function, kills it, and runs it a second time. Each function counts its
+  // starts in shared memory first thing, so a second start always shows. Here the parent waits,
+  // before it acts on the garbage, until the next function has started (or 300 ms have passed).
+  pfp_fault::SharedArray<std::atomic<int>> starts(16);
+  g_starts = &starts[0];
+  struct Restore {
+    ~Restore() {
+      pfp::detail::on_corrupt_stream = nullptr;
+      g_starts = nullptr;
+    }
+  } restore;
+  pfp::detail::on_corrupt_stream = [](pid_t) {
+    for (int waited = 0; waited < 300 && g_starts[4].load() == 0; ++waited) pfp_test::sleep_ms(1);
+  };
+  for (int round = 0; round < 2; ++round) {
+    INFO("round " << round);
+    for (std::size_t i = 0; i < starts.size(); ++i) starts[i].store(0);
+    MultiProcessor<> mp(Value{}, workers(1));
+    auto counted = [&starts](int i) {
+      return [&starts, i](const Value&, const Args&) {
+        starts[static_cast<std::size_t>(i)].fetch_add(1);
+        if (i == 4) pfp_test::sleep_ms(100);  // the one right after the garbage: still running when killed
+        return i;
+      };
+    };
+    for (int i = 0; i < 4; ++i) mp.register_function("f", counted(i));
+    mp.register_function("garbage", [&starts](const Value&, const Args&) {
+      starts[15].fetch_add(1);
+      pfp_fault::write_to_result_pipe(std::string(64, 'G'));  // and return at once
+      return -1;
+    });
+    for (int i = 4; i < 12; ++i) mp.register_function("f", counted(i));
+    const auto& rs = mp.execute_parallel();
+    CHECK(rs[4].status == Status::crashed);
+    CHECK_THAT(rs[4].error, Contains("protocol error"));
+    CHECK(starts[15].load() == 1);
+    for (int i = 0; i < 12; ++i) {
+      const std::size_t k = static_cast<std::size_t>(i < 4 ? i : i + 1);
+      INFO(pfp_test::describe(rs[k]));
+      CHECK(rs[k].ok());
+      CHECK(starts[static_cast<std::size_t>(i)].load() == 1);
+    }
+  }
 }

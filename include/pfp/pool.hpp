@@ -94,6 +94,9 @@ inline int worker_result_fd = -1;
 /// In a worker process: the index a frame for the running task must carry (its ticket). For the
 /// same fault-injection tests.
 inline std::uint64_t worker_current_ticket = 0;
+/// Test hook, in the parent: called with the worker's pid when its result stream is found corrupt,
+/// before the worker is killed (a test can make the parent slow to react, as a busy machine does).
+inline void (*on_corrupt_stream)(pid_t) = nullptr;
 
 // Runs one task into r and encodes r into frame. Strings of remote_min bytes or more are left in
 // r (a frame_kind_remote frame), which must then stay untouched until the parent has answered.
@@ -220,7 +223,12 @@ inline std::uint64_t bytes_ever_written(int result_fd, SharedBlock* shared) noex
       // Only the parent reads this pipe, so its byte count can grow during a task only if the
       // task (or something it started) wrote to it.
       const std::uint64_t now_written = bytes_ever_written(result_fd, shared);
-      if (now_written > pipe_bytes) {
+      // A task that wrote there is the culprit of whatever the parent finds on the pipe. This
+      // worker then leaves after that task's frame instead of starting another: however late the
+      // parent looks, the task it finds running is the culprit or one that never began (and runs
+      // elsewhere, once), never an innocent one caught half-way.
+      const bool wrote_on_pipe = now_written > pipe_bytes;
+      if (wrote_on_pipe) {
         std::uint64_t none = 0;
         shared->corrupted_by.compare_exchange_strong(none, ticket + 1);
       }
@@ -247,7 +255,8 @@ inline std::uint64_t bytes_ever_written(int result_fd, SharedBlock* shared) noex
         send(frame.data(), frame.size());
       }
       if (frame.capacity() > ring_frame_limit) std::string().swap(frame);  // do not sit on a big result's memory
-      if (opt.max_tasks_per_worker && ++done >= opt.max_tasks_per_worker) {
+      ++done;
+      if (wrote_on_pipe || (opt.max_tasks_per_worker && done >= opt.max_tasks_per_worker)) {
         ring_bell();
         flush_stdio();
         leave(0);
@@ -991,6 +1000,7 @@ class Pool {
   // itself and is kept. The worker notes which function wrote on its pipe; if that was not the
   // one it was running when killed, the running one is innocent and runs again elsewhere.
   void protocol_failure(Worker& w, const std::string& why) {
+    if (on_corrupt_stream) on_corrupt_stream(w.pid);
     kill_tree(w.pid);
     int ignored = 0;
     wait_pid(w.pid, &ignored, 0);
