@@ -37,6 +37,14 @@ pfp::Options executor_options(unsigned workers, pfp::Backend backend = pfp::Back
   return o;
 }
 
+// Sleeps the milliseconds it is given and returns them.
+pfp::Function<int, int> declare_nap(pfp::Executor& ex) {
+  return ex.declare("nap", [](int ms_) {
+    sleep_ms(ms_);
+    return ms_;
+  });
+}
+
 }  // namespace
 
 TEST_CASE("executor: submit while running returns typed futures", "[executor]") {
@@ -80,10 +88,7 @@ TEST_CASE("executor: a failed task's future throws task_error carrying the Resul
 
 TEST_CASE("executor: ready, wait_for and wait", "[executor]") {
   pfp::Executor ex(executor_options(1));
-  auto nap = ex.declare("nap", [](int ms_) {
-    sleep_ms(ms_);
-    return ms_;
-  });
+  auto nap = declare_nap(ex);
   auto f = ex.submit(nap, 300);
   CHECK_FALSE(f.ready());
   CHECK_FALSE(f.wait_for(std::chrono::milliseconds(50)));
@@ -97,10 +102,7 @@ TEST_CASE("executor: ready, wait_for and wait", "[executor]") {
 
 TEST_CASE("executor: as_completed yields futures in completion order", "[executor]") {
   pfp::Executor ex(executor_options(3));
-  auto nap = ex.declare("nap", [](int ms_) {
-    sleep_ms(ms_);
-    return ms_;
-  });
+  auto nap = declare_nap(ex);
   std::vector<pfp::Future<int>> fs = {ex.submit(nap, 900), ex.submit(nap, 100), ex.submit(nap, 500)};
   std::vector<int> order;
   for (auto& f : pfp::as_completed(fs)) order.push_back(f.get());
@@ -116,10 +118,7 @@ TEST_CASE("executor: as_completed yields futures in completion order", "[executo
 
 TEST_CASE("executor: wait_any and wait_all", "[executor]") {
   pfp::Executor ex(executor_options(2));
-  auto nap = ex.declare("nap", [](int ms_) {
-    sleep_ms(ms_);
-    return ms_;
-  });
+  auto nap = declare_nap(ex);
   std::vector<pfp::Future<int>> fs = {ex.submit(nap, 800), ex.submit(nap, 50)};
   auto first = pfp::wait_any(fs);
   REQUIRE(first.has_value());
@@ -155,10 +154,7 @@ TEST_CASE("executor: a bounded queue blocks the producer", "[executor]") {
   pfp::ExecutorOptions q;
   q.max_queued = 2;
   pfp::Executor ex(executor_options(1), q);
-  auto nap = ex.declare("nap", [](int ms_) {
-    sleep_ms(ms_);
-    return ms_;
-  });
+  auto nap = declare_nap(ex);
   ex.start();
   std::atomic<int> submitted{0};
   std::vector<pfp::Future<int>> fs(6);
@@ -260,10 +256,7 @@ TEST_CASE("executor: misuse gets a clear pfp::error", "[executor]") {
 TEST_CASE("executor: shutdown(cancel_pending) and cancel()", "[executor]") {
   SECTION("shutdown with cancel_pending cancels what has not started") {
     pfp::Executor ex(executor_options(1));
-    auto nap = ex.declare("nap", [](int ms_) {
-      sleep_ms(ms_);
-      return ms_;
-    });
+    auto nap = declare_nap(ex);
     auto running = ex.submit(nap, 300);
     sleep_ms(100);
     auto queued = ex.submit(nap, 300);
@@ -273,10 +266,7 @@ TEST_CASE("executor: shutdown(cancel_pending) and cancel()", "[executor]") {
   }
   SECTION("cancel kills the running task") {
     pfp::Executor ex(executor_options(1));
-    auto nap = ex.declare("nap", [](int ms_) {
-      sleep_ms(ms_);
-      return ms_;
-    });
+    auto nap = declare_nap(ex);
     auto running = ex.submit(nap, 30000);
     sleep_ms(150);
     auto t0 = Clock::now();
