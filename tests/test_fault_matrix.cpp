@@ -359,6 +359,7 @@ TEST_CASE("fault matrix: garbage and impossible lengths on the result pipe", "[f
     const char* what;
     std::string bytes;
     const char* expect;  // in the error
+    bool own_index = false;  // the payload starts with the index of the function that writes it
   };
   std::string random(4096, '\0');
   std::uint32_t x = 0x9e3779b9u;
@@ -380,7 +381,9 @@ TEST_CASE("fault matrix: garbage and impossible lengths on the result pipe", "[f
       {"a frame of an unknown kind", pfp_fault::frame_header(frame_magic, frame_version, 7, 10) + std::string(10, '\0'),
        "protocol"},
       {"a frame whose payload is nonsense", pfp_fault::frame_header(frame_magic, frame_version, 0, 64) + std::string(64, '\xff'),
-       "malformed"},
+       "protocol"},
+      {"a frame for its own function whose payload is nonsense",
+       pfp_fault::frame_header(frame_magic, frame_version, 0, 64) + std::string(56, '\xff'), "malformed", true},
   };
   for (const Garbage& g : garbage) {
     for (unsigned workers : {1u, 2u}) {
@@ -394,8 +397,14 @@ TEST_CASE("fault matrix: garbage and impossible lengths on the result pipe", "[f
                 mp.register_function("f" + std::to_string(i), [i](const pfp::Value&, const pfp::Args&) { return fm::neighbour_value(i); });
               } else {
                 const std::string bytes = g.bytes;
-                mp.register_function("f" + std::to_string(i), [bytes](const pfp::Value&, const pfp::Args&) {
-                  pfp_fault::write_to_result_pipe(bytes);
+                const bool own_index = g.own_index;
+                mp.register_function("f" + std::to_string(i), [bytes, own_index](const pfp::Value&, const pfp::Args&) {
+                  std::string frame = bytes;
+                  if (own_index) {
+                    const std::uint64_t index = pfp::detail::worker_current_ticket;
+                    frame.insert(pfp::detail::frame_header_size, reinterpret_cast<const char*>(&index), sizeof index);
+                  }
+                  pfp_fault::write_to_result_pipe(frame);
                   return 5;
                 });
               }

@@ -801,12 +801,12 @@ TEST_CASE("frame header fields are validated", "[serialization]") {
     CHECK_THROWS_AS(pfp::detail::decode_result_frame(frame + frame, kMaxFrame), pfp::error);
   }
   SECTION("invalid status byte") {
-    // payload starts with varint index (7 -> one byte), then the status byte
-    REQUIRE(static_cast<unsigned char>(frame[kHeader]) == 7);
-    REQUIRE(static_cast<unsigned char>(frame[kHeader + 1]) == static_cast<unsigned char>(pfp::Status::exception));
+    // payload starts with the index in 8 native bytes (7), then the status byte
+    REQUIRE(get<std::uint64_t>(frame, kHeader) == 7);
+    REQUIRE(static_cast<unsigned char>(frame[kHeader + 8]) == static_cast<unsigned char>(pfp::Status::exception));
     for (int s : {5, 6, 100, 255}) {
       std::string f = frame;
-      f[kHeader + 1] = static_cast<char>(s);
+      f[kHeader + 8] = static_cast<char>(s);
       INFO("status byte " << s);
       CHECK_THROWS_AS(pfp::detail::decode_result_frame(f, kMaxFrame), pfp::error);
     }

@@ -319,7 +319,8 @@ TEST_CASE("forged remote frames: over the limit, or naming memory the worker doe
       out += static_cast<char>(n);
     };
     std::string payload;
-    varint(payload, pfp::detail::worker_current_ticket);  // what the running task's frame must carry
+    const std::uint64_t index = pfp::detail::worker_current_ticket;  // what the running task's frame must carry
+    payload.append(reinterpret_cast<const char*>(&index), sizeof index);
     payload += '\0';                                       // status ok
     payload += '\0';                                       // duration 0
     payload += '\0';                                       // no error text

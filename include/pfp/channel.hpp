@@ -107,6 +107,19 @@ class RingWriter {
  public:
   RingWriter(SharedBlock* block, char* ring) noexcept : block_(block), ring_(ring) {}
 
+  /// Room for n contiguous bytes at the ring's head, or nullptr when there is none right now (or
+  /// n is over ring_frame_limit). What is written there is published by commit(n).
+  char* reserve(std::size_t n) noexcept {
+    const std::uint64_t head = block_->produced.load(std::memory_order_relaxed);
+    const std::uint64_t tail = block_->consumed.load(std::memory_order_acquire);
+    const std::size_t at = static_cast<std::size_t>(head & (ring_capacity - 1));
+    if (n > ring_frame_limit || n > ring_capacity - (head - tail) || n > ring_capacity - at) return nullptr;
+    return ring_ + at;
+  }
+  void commit(std::size_t n) noexcept {
+    block_->produced.store(block_->produced.load(std::memory_order_relaxed) + n, std::memory_order_release);
+  }
+
   /// Copies frame into the ring and publishes it. False when it does not fit right now.
   bool put(std::string_view frame) noexcept {
     const std::uint64_t head = block_->produced.load(std::memory_order_relaxed);

@@ -48,6 +48,14 @@ class Feed {
   /// the tasks it holds finish (delivering them), and rethrows from its run function.
   virtual std::optional<Task> pull() = 0;
 
+  /// Optional fast path for many small tasks: up to `max` tasks at once, whose fns are
+  /// first_fn, first_fn + 1, ... and whose payloads are empty, with their Results kept by the feed
+  /// in places[0 .. n) (function_name and index already set, status cancelled, attempts 0). The
+  /// backend writes each verdict there in place of calling deliver(), and may send the n tasks to a
+  /// worker as one message. Returns n; 0 means none this way: call pull(). The default never
+  /// gives any.
+  virtual std::size_t pull_run(std::size_t /*max*/, std::uint64_t& /*first_fn*/, Result*& /*places*/) { return 0; }
+
   /// After pull() returned nullopt: true if no task will ever come again (the run ends once the
   /// tasks in flight are delivered); false if more may come later (see wake_fd).
   virtual bool finished() = 0;

@@ -8,10 +8,13 @@
 #include <pfp/result.hpp>
 #include <pfp/value.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <functional>
+#include <limits>
 #include <memory>
+#include <new>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -30,6 +33,13 @@ class ListFeed final : public Feed {
   std::optional<Task> pull() override {
     if (next_ >= results_.size()) return std::nullopt;
     return Task{next_++, {}};
+  }
+  std::size_t pull_run(std::size_t max, std::uint64_t& first_fn, Result*& places) override {
+    const std::size_t n = std::min<std::size_t>(max, results_.size() - static_cast<std::size_t>(next_));
+    first_fn = next_;
+    places = results_.data() + next_;
+    next_ += n;
+    return n;
   }
   bool finished() override { return true; }
   std::optional<std::size_t> size_hint() const override { return results_.size(); }
@@ -55,6 +65,125 @@ class ListFeed final : public Feed {
   }
   std::vector<Result>& results_;
   std::uint64_t next_ = 0;
+};
+
+// What a registered function becomes: a move-only std::function<void(const Context&, Result&)>
+// that keeps callables of up to inline_size bytes in place, so registering costs no allocation
+// (a registration is a callable plus its args, and a MultiProcessor may hold millions).
+template <class Context>
+class TaskCallable {
+ public:
+  static constexpr std::size_t inline_size = 80;
+
+  TaskCallable() noexcept = default;
+  template <class F, std::enable_if_t<!std::is_same_v<std::decay_t<F>, TaskCallable>, int> = 0>
+  explicit TaskCallable(F&& f) {
+    using T = std::decay_t<F>;
+    if constexpr (sizeof(T) <= inline_size && alignof(T) <= alignof(std::max_align_t) &&
+                  std::is_nothrow_move_constructible_v<T>) {
+      ::new (static_cast<void*>(storage_)) T(std::forward<F>(f));
+      ops_ = &inline_ops<T>;
+    } else {
+      *reinterpret_cast<T**>(storage_) = new T(std::forward<F>(f));
+      ops_ = &heap_ops<T>;
+    }
+  }
+  TaskCallable(TaskCallable&& other) noexcept : ops_(std::exchange(other.ops_, nullptr)) {
+    if (ops_) ops_->relocate(other.storage_, storage_);
+  }
+  TaskCallable& operator=(TaskCallable&& other) noexcept {
+    if (this != &other) {
+      reset();
+      ops_ = std::exchange(other.ops_, nullptr);
+      if (ops_) ops_->relocate(other.storage_, storage_);
+    }
+    return *this;
+  }
+  TaskCallable(const TaskCallable&) = delete;
+  TaskCallable& operator=(const TaskCallable&) = delete;
+  ~TaskCallable() { reset(); }
+
+  void operator()(const Context& context, Result& r) { ops_->call(storage_, context, r); }
+
+ private:
+  struct Ops {
+    void (*call)(void* self, const Context& context, Result& r);
+    void (*relocate)(void* from, void* to) noexcept;  // moves into `to` and destroys `from`
+    void (*destroy)(void* self) noexcept;
+  };
+  template <class T>
+  static inline const Ops inline_ops{
+      [](void* self, const Context& c, Result& r) { (*static_cast<T*>(self))(c, r); },
+      [](void* from, void* to) noexcept {
+        ::new (to) T(std::move(*static_cast<T*>(from)));
+        static_cast<T*>(from)->~T();
+      },
+      [](void* self) noexcept { static_cast<T*>(self)->~T(); }};
+  template <class T>
+  static inline const Ops heap_ops{
+      [](void* self, const Context& c, Result& r) { (**static_cast<T**>(self))(c, r); },
+      [](void* from, void* to) noexcept { *static_cast<T**>(to) = *static_cast<T**>(from); },
+      [](void* self) noexcept { delete *static_cast<T**>(self); }};
+
+  void reset() noexcept {
+    if (ops_) ops_->destroy(storage_);
+    ops_ = nullptr;
+  }
+
+  alignas(std::max_align_t) unsigned char storage_[inline_size];
+  const Ops* ops_ = nullptr;
+};
+
+// An append-only sequence whose elements never move: chunks of 16, 16, 32, 64, ... elements, so
+// growing costs no relocation of what is already there (a registered function is not cheap to move).
+template <class T>
+class ChunkedList {
+ public:
+  ChunkedList() = default;
+  ChunkedList(const ChunkedList&) = delete;
+  ChunkedList& operator=(const ChunkedList&) = delete;
+  ~ChunkedList() {
+    for (std::size_t i = size_; i > 0; --i) (*this)[i - 1].~T();
+    for (std::size_t k = 0; k < chunks_.size(); ++k) std::allocator<T>().deallocate(chunks_[k], chunk_size(k));
+  }
+
+  template <class... A>
+  T& emplace_back(A&&... args) {
+    const std::size_t k = chunk_of(size_);
+    if (k == chunks_.size()) {
+      chunks_.reserve(k + 1);
+      chunks_.push_back(std::allocator<T>().allocate(chunk_size(k)));
+    }
+    T* at = chunks_[k] + (size_ - chunk_start(k));
+    ::new (static_cast<void*>(at)) T(std::forward<A>(args)...);
+    ++size_;
+    return *at;
+  }
+  T& operator[](std::size_t i) noexcept {
+    const std::size_t k = chunk_of(i);
+    return chunks_[k][i - chunk_start(k)];
+  }
+  const T& operator[](std::size_t i) const noexcept { return const_cast<ChunkedList&>(*this)[i]; }
+  std::size_t size() const noexcept { return size_; }
+  bool empty() const noexcept { return size_ == 0; }
+
+ private:
+  static constexpr std::size_t first = 16;
+  static std::size_t chunk_of(std::size_t i) noexcept {
+    const unsigned long long n = i / first;
+#if defined(__GNUC__) || defined(__clang__)
+    return n ? static_cast<std::size_t>(std::numeric_limits<unsigned long long>::digits - __builtin_clzll(n)) : 0;
+#else
+    std::size_t k = 0;
+    for (unsigned long long m = n; m; m >>= 1) ++k;
+    return k;
+#endif
+  }
+  static std::size_t chunk_start(std::size_t k) noexcept { return k == 0 ? 0 : first << (k - 1); }
+  static std::size_t chunk_size(std::size_t k) noexcept { return k == 0 ? first : first << (k - 1); }
+
+  std::vector<T*> chunks_;
+  std::size_t size_ = 0;
 };
 
 template <class T>
@@ -101,21 +230,21 @@ class MultiProcessor {
                   "void f(const Context&, const A&, pfp::Result&) or R f(const Context&, const A&), "
                   "where Context is the MultiProcessor's context type and A the type of args");
     if constexpr (fills_result) {
-      tasks_.push_back(Task{std::move(name), [f = Fn(std::move(f)), a = Arg(std::move(args))](
-                                                 const Context& ctx, Result& r) mutable { f(ctx, a, r); }});
+      tasks_.emplace_back(std::move(name), true, [f = Fn(std::move(f)), a = Arg(std::move(args))](
+                                                   const Context& ctx, Result& r) mutable { f(ctx, a, r); });
     } else {
       using R = std::invoke_result_t<Fn&, const Context&, const Arg&>;
       static_assert(std::is_void_v<R> || std::is_constructible_v<Value, R>,
                     "pfp::MultiProcessor::register_function: the function's return type cannot be converted to "
                     "pfp::Value; define void to_value(pfp::Value&, const T&) in the type's namespace");
-      tasks_.push_back(Task{std::move(name), [f = Fn(std::move(f)), a = Arg(std::move(args))](
-                                                 const Context& ctx, Result& r) mutable {
+      tasks_.emplace_back(std::move(name), false, [f = Fn(std::move(f)), a = Arg(std::move(args))](
+                                                   const Context& ctx, Result& r) mutable {
                               if constexpr (std::is_void_v<R>) {
                                 f(ctx, a);
                               } else {
                                 r.result = Value(f(ctx, a));
                               }
-                            }});
+                            });
     }
     return *this;
   }
@@ -206,7 +335,7 @@ class MultiProcessor {
     detail::FeedRunner runner = [this](const detail::TaskView& task, Result& r) {
       const std::size_t i = static_cast<std::size_t>(task.fn);
       if (i >= tasks_.size()) throw error("pfp: worker was sent function index " + std::to_string(i) + " of " + std::to_string(tasks_.size()));
-      r.function_name = tasks_[i].name;
+      if (tasks_[i].fills_result) r.function_name = tasks_[i].name;  // the others never see their Result
       r.index = i;
       tasks_[i].run(context_, r);
     };
@@ -240,13 +369,16 @@ class MultiProcessor {
 
  private:
   struct Task {
+    template <class F>
+    Task(std::string n, bool fills, F&& f) : name(std::move(n)), run(std::forward<F>(f)), fills_result(fills) {}
     std::string name;
-    std::function<void(const Context&, Result&)> run;
+    detail::TaskCallable<Context> run;
+    bool fills_result = false;  // takes the Result itself: it may read its name
   };
 
   Context context_;
   Options options_;
-  std::vector<Task> tasks_;
+  detail::ChunkedList<Task> tasks_;
   std::vector<Result> results_;
   std::vector<std::function<void(const Result&, Value&)>> processors_;  // by function index; empty = none
   std::chrono::nanoseconds last_run_duration_{0};

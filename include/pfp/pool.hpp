@@ -7,9 +7,11 @@
 // The parent always knows which tasks each worker holds, in order, and which one it began, so a
 // worker that dies or hangs costs exactly the task it was running.
 //
-// A task message is four native u64 words -- ticket, seq, fn, payload size -- then the payload.
-// The ticket names the task on the wire (it picks the parent's slot and is never reused within a
-// run); the frame a worker sends back carries it as its index.
+// A task message is four native u64 words -- id, seq, fn, payload size -- then the payload; or,
+// for a run of tasks with consecutive ids, seqs and fns and no payloads (Feed::pull_run), the same
+// words for the first task with run_flag | count in place of the size. The id names the task on
+// the wire (it picks the parent's slot and is never reused within a run); the frame a worker sends
+// back carries it as its index.
 
 #include <pfp/channel.hpp>
 #include <pfp/detail/posix.hpp>
@@ -21,6 +23,7 @@
 #include <pfp/result.hpp>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -60,8 +63,30 @@ inline unsigned effective_workers(const Options& o, std::optional<std::size_t> t
 
 /// Most tasks one worker holds at once.
 inline constexpr unsigned max_pipeline_depth = 512;
-/// Task message header: ticket, seq, fn, payload size.
+/// Task message header: id, seq, fn, payload size (or run_flag | count).
 inline constexpr std::size_t task_header_size = 4 * sizeof(std::uint64_t);
+/// A task's id on the wire is its slot's ticket shifted left by run_bits plus its place in the
+/// slot's run, so one message can carry up to max_run consecutive tasks.
+inline constexpr unsigned run_bits = 10;
+inline constexpr std::uint64_t max_run = std::uint64_t{1} << run_bits;
+/// Set in a task message's fourth word when the message is a run of `count` tasks with
+/// consecutive ids, seqs and fns and no payloads.
+inline constexpr std::uint64_t run_flag = std::uint64_t{1} << 63;
+
+/// The shortest time a system call takes here, with the clock a worker times its tasks with
+/// (clock reads included, as they are in a task's time). Measured once per process.
+inline Clock::duration shortest_syscall() {
+  static const Clock::duration shortest = [] {
+    Clock::duration best = Clock::duration::max();
+    for (int i = 0; i < 32; ++i) {
+      const Clock::time_point t0 = Clock::now();
+      [[maybe_unused]] volatile pid_t parent = ::getppid();
+      best = std::min(best, Clock::now() - t0);
+    }
+    return best;
+  }();
+  return shortest;
+}
 
 // ---------------------------------------------------------------- worker side
 
@@ -91,20 +116,28 @@ inline void arm_cpu_limit(const Options& opt) noexcept {
 /// In a worker process: the descriptor its frames go to (-1 elsewhere). For fault-injection tests
 /// that must write broken frames the way a dying worker would; not for ordinary code.
 inline int worker_result_fd = -1;
-/// In a worker process: the index a frame for the running task must carry (its ticket). For the
+/// In a worker process: the index a frame for the running task must carry (its id). For the
 /// same fault-injection tests.
 inline std::uint64_t worker_current_ticket = 0;
 /// Test hook, in the parent: called with the worker's pid when its result stream is found corrupt,
 /// before the worker is killed (a test can make the parent slow to react, as a busy machine does).
 inline void (*on_corrupt_stream)(pid_t) = nullptr;
 
-// Runs one task into r and encodes r into frame. Strings of remote_min bytes or more are left in
-// r (a frame_kind_remote frame), which must then stay untouched until the parent has answered.
-// r is reused from task to task (start: when the task began).
-inline void run_one(std::uint64_t ticket, const TaskView& task, const FeedRunner& run, const Options& opt,
-                    std::string& frame, Result& r, std::size_t remote_min = no_remote,
-                    Clock::time_point start = Clock::now()) {
-  const std::size_t index = static_cast<std::size_t>(ticket);
+/// What run_one did: when the task ended, and how many bytes of its frame wait in the ring for
+/// RingWriter::commit (0: the frame is in `frame`).
+struct RanTask {
+  Clock::time_point ended;
+  std::size_t in_ring = 0;
+};
+
+// Runs one task into r and encodes its frame: straight into `ring` (reserved there, not yet
+// published) when it fits and is an ordinary frame, else into `frame`. Strings of remote_min bytes
+// or more are left in r (a frame_kind_remote frame), which must then stay untouched until the
+// parent has answered. r is reused from task to task (start: when the task began).
+inline RanTask run_one(std::uint64_t id, const TaskView& task, const FeedRunner& run, const Options& opt,
+                       std::string& frame, Result& r, std::size_t remote_min = no_remote,
+                       Clock::time_point start = Clock::now(), RingWriter* ring = nullptr) {
+  const std::size_t index = static_cast<std::size_t>(id);
   r.function_name.clear();
   if (!r.result.is_null()) r.result = Value();
   r.error.clear();
@@ -127,18 +160,29 @@ inline void run_one(std::uint64_t ticket, const TaskView& task, const FeedRunner
     r.error = describe_current_exception();
     r.result = Value();
   }
-  r.duration = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start);
+  const Clock::time_point end = Clock::now();
+  r.duration = std::chrono::duration_cast<std::chrono::nanoseconds>(end - start);
   r.index = index;  // whatever the function did to its Result, the frame names the right task
   try {
-    const std::size_t size = encode_result_frame_into(r, frame, remote_min);
-    if (size > opt.max_result_bytes) {
+    const FramePlan plan = plan_result_frame(r, remote_min);
+    if (plan.full_size > opt.max_result_bytes) {
       std::string().swap(frame);
       r.status = Status::exception;
       r.result = Value();
-      r.error = "pfp: the result of " + std::to_string(size) + " bytes exceeds Options::max_result_bytes (" +
+      r.error = "pfp: the result of " + std::to_string(plan.full_size) + " bytes exceeds Options::max_result_bytes (" +
                 std::to_string(opt.max_result_bytes) + " bytes)";
       encode_result_frame_into(r, frame);
+      return {end, 0};
     }
+    if (ring && plan.kind == frame_kind_result) {
+      if (char* at = ring->reserve(plan.size)) {
+        write_result_frame(r, plan, at);
+        frame.clear();
+        return {end, plan.size};
+      }
+    }
+    frame.resize(plan.size);
+    write_result_frame(r, plan, frame.data());
   } catch (...) {
     r.status = Status::exception;
     r.error = "pfp: could not serialize the result: " + describe_current_exception();
@@ -146,6 +190,7 @@ inline void run_one(std::uint64_t ticket, const TaskView& task, const FeedRunner
     std::string().swap(frame);
     encode_result_frame_into(r, frame);
   }
+  return {end, 0};
 }
 
 // Every byte ever written to the result pipe: what the parent has read plus what is still queued.
@@ -203,64 +248,92 @@ inline std::uint64_t bytes_ever_written(int result_fd, SharedBlock* shared) noex
     std::memcpy(&v, in.get() + at + k * sizeof v, sizeof v);
     return v;
   };
+  const Clock::duration check_after = shortest_syscall() / 2;
   for (;;) {
     // Run every whole message received.
-    while (have - at >= task_header_size && have - at - task_header_size >= word(3)) {
-      const std::uint64_t ticket = word(0);
+    while (have - at >= task_header_size) {
+      const std::uint64_t first_id = word(0), first_seq = word(1), first_fn = word(2), size_word = word(3);
+      const bool is_run = (size_word & run_flag) != 0;
+      const std::uint64_t payload_size = is_run ? 0 : size_word;
+      const std::uint64_t count = is_run ? size_word & ~run_flag : 1;
+      if (have - at - task_header_size < payload_size) break;
       TaskView task;
-      task.seq = word(1);
-      task.fn = word(2);
-      task.payload = std::string_view(in.get() + at + task_header_size, static_cast<std::size_t>(word(3)));
+      task.payload = std::string_view(in.get() + at + task_header_size, static_cast<std::size_t>(payload_size));
       task.worker = slot;
-      arm_cpu_limit(opt);
-      const Clock::time_point start = Clock::now();
-      shared->started_at_ns.store(std::chrono::duration_cast<std::chrono::nanoseconds>(start.time_since_epoch()).count(),
-                                  std::memory_order_relaxed);
-      shared->started.store(ticket + 1, std::memory_order_release);
-      worker_current_ticket = ticket;
-      const bool remote = !remote_refused && shared->remote_allowed.load(std::memory_order_relaxed) != 0;
-      run_one(ticket, task, run, opt, frame, r, remote ? remote_min_size : no_remote, start);
-      // Only the parent reads this pipe, so its byte count can grow during a task only if the
-      // task (or something it started) wrote to it.
-      const std::uint64_t now_written = bytes_ever_written(result_fd, shared);
-      // A task that wrote there is the culprit of whatever the parent finds on the pipe. This
-      // worker then leaves after that task's frame instead of starting another: however late the
-      // parent looks, the task it finds running is the culprit or one that never began (and runs
-      // elsewhere, once), never an innocent one caught half-way.
-      const bool wrote_on_pipe = now_written > pipe_bytes;
-      if (wrote_on_pipe) {
-        std::uint64_t none = 0;
-        shared->corrupted_by.compare_exchange_strong(none, ticket + 1);
-      }
-      pipe_bytes = now_written;
-      at += task_header_size + task.payload.size();
-      flush_standard_streams();  // what the function printed appears even though the worker leaves by _exit
-      if (frame_kind(frame) == frame_kind_remote) {
-        // The big strings stay in r until the parent has copied them.
-        shared->remote_ack.store(remote_ack_waiting, std::memory_order_relaxed);
-        send(frame.data(), frame.size());
-        if (remote_wait(shared->remote_ack) == remote_ack_refused) {
-          remote_refused = true;
-          encode_result_frame_into(r, frame);  // within the limit: it was checked with the strings counted
-        } else {
-          frame.clear();
+      at += task_header_size + static_cast<std::size_t>(payload_size);  // the payload stays where it is until the loop ends
+      Clock::time_point begun = Clock::now();
+      for (std::uint64_t k = 0; k < count; ++k) {
+        const std::uint64_t id = first_id + k;
+        task.seq = first_seq + k;
+        task.fn = first_fn + k;
+        if (opt.cpu_limit.count() > 0) {
+          arm_cpu_limit(opt);
+          begun = Clock::now();
         }
+        shared->started_at_ns.store(std::chrono::duration_cast<std::chrono::nanoseconds>(begun.time_since_epoch()).count(),
+                                    std::memory_order_relaxed);
+        shared->started.store(id + 1, std::memory_order_release);
+        worker_current_ticket = id;
+        const bool remote = !remote_refused && shared->remote_allowed.load(std::memory_order_relaxed) != 0;
+        const RanTask ran = run_one(id, task, run, opt, frame, r, remote ? remote_min_size : no_remote, begun, &ring_out);
+        const Clock::time_point ended = ran.ended;
+        // Only the parent reads this pipe, so its byte count can grow during a task only if the
+        // task (or something it started) wrote to it. A task that took less time than the
+        // cheapest system call cannot have written anywhere: trivial tasks skip the look (itself
+        // a system call). The intervals measured cover all of this worker's time but pfp's own
+        // writes, so nothing a task wrote escapes the look.
+        bool wrote_on_pipe = false;
+        if (ended - begun >= check_after) {
+          const std::uint64_t now_written = bytes_ever_written(result_fd, shared);
+          // A task that wrote there is the culprit of whatever the parent finds on the pipe. This
+          // worker then leaves after that task's frame instead of starting another: however late
+          // the parent looks, the task it finds running is the culprit or one that never began (and
+          // runs elsewhere, once), never an innocent one caught half-way.
+          wrote_on_pipe = now_written > pipe_bytes;
+          if (wrote_on_pipe) {
+            std::uint64_t none = 0;
+            shared->corrupted_by.compare_exchange_strong(none, id + 1);
+          }
+          pipe_bytes = now_written;
+        }
+        // What the function printed appears even though the worker leaves by _exit.
+        bool slow_path = flush_standard_streams();
+        if (ran.in_ring) {
+          ring_out.commit(ran.in_ring);
+          bell_owed = true;
+        } else if (frame_kind(frame) == frame_kind_remote) {
+          slow_path = true;
+          // The big strings stay in r until the parent has copied them.
+          shared->remote_ack.store(remote_ack_waiting, std::memory_order_relaxed);
+          send(frame.data(), frame.size());
+          if (remote_wait(shared->remote_ack) == remote_ack_refused) {
+            remote_refused = true;
+            encode_result_frame_into(r, frame);  // within the limit: it was checked with the strings counted
+          } else {
+            frame.clear();
+          }
+        }
+        if (!r.result.is_null()) r.result = Value();
+        if (ran.in_ring || frame.empty()) {
+          // published above, or delivered from the worker's memory
+        } else if (ring_out.put(frame)) {
+          bell_owed = true;
+        } else {
+          slow_path = true;
+          send(frame.data(), frame.size());
+        }
+        if (frame.capacity() > ring_frame_limit) std::string().swap(frame);  // do not sit on a big result's memory
+        ++done;
+        if (wrote_on_pipe || (opt.max_tasks_per_worker && done >= opt.max_tasks_per_worker)) {
+          ring_bell();
+          flush_stdio();
+          leave(0);
+        }
+        // The next task's time starts where this one's ended, unless pfp spent a while in between
+        // (output flushed, a result sent through the pipe): that is nobody's run time.
+        begun = slow_path ? Clock::now() : ended;
       }
-      if (!r.result.is_null()) r.result = Value();
-      if (frame.empty()) {
-        // delivered from the worker's memory
-      } else if (ring_out.put(frame)) {
-        bell_owed = true;
-      } else {
-        send(frame.data(), frame.size());
-      }
-      if (frame.capacity() > ring_frame_limit) std::string().swap(frame);  // do not sit on a big result's memory
-      ++done;
-      if (wrote_on_pipe || (opt.max_tasks_per_worker && done >= opt.max_tasks_per_worker)) {
-        ring_bell();
-        flush_stdio();
-        leave(0);
-      }
+      if (count > 1) ring_bell();  // the parent collects a run's results while the next one runs
     }
     // Keep the partial message, make room for the rest of it, and wait for more.
     if (at > 0) {
@@ -442,6 +515,7 @@ class Pool {
     SigchldDefault sigchld_default;
     signal_plan_ = SignalPlan::learn();
     bind_worker_calls();
+    shortest_syscall();  // measured here, once, not in every worker
     target_workers_ = effective_workers(options_, feed_.size_hint());
     if (feed_.size_hint() && *feed_.size_hint() == 0) return;
 
@@ -517,6 +591,8 @@ class Pool {
   }
 
  private:
+  static constexpr std::size_t answered_kept = 64;
+
   struct Worker {
     pid_t pid = -1;
     unsigned slot = 0;  // TaskView::worker
@@ -524,8 +600,10 @@ class Pool {
     UniqueFd result_r;
     SharedRegion shared;
     RingReader ring;
-    std::deque<std::uint64_t> queue;  // tickets sent and not yet answered, in the order the worker runs them
-    std::deque<std::pair<std::uint64_t, std::uint64_t>> answered;  // (ticket, seq) of the last tasks it answered
+    std::deque<std::uint64_t> queue;  // ids of tasks sent and not yet answered, in the order the worker runs them
+    // (id, seq) of the last tasks it answered, oldest first from answered_at once full
+    std::array<std::pair<std::uint64_t, std::uint64_t>, answered_kept> answered{};
+    std::size_t answered_at = 0;
     Clock::time_point head_since{};  // when the front of the queue became the front
     unsigned sent = 0;
     std::string out;           // task messages not yet written to the task pipe
@@ -535,20 +613,22 @@ class Pool {
     std::size_t consumed = 0;  // bytes of buf already parsed
   };
 
-  // A task pulled from the feed and not yet delivered; slots are reused, tickets are not.
+  // A task pulled from the feed, or a run of them (Feed::pull_run), not yet all delivered; slots
+  // are reused, tickets are not. Task k of a slot has id (ticket << run_bits) | k.
   struct Slot {
-    Task task;
-    Result result;
-    std::uint64_t seq = 0;
+    Task task;                  // the first task's fn, and the payload of a single task
+    Result result;              // a single task's Result, unless the feed keeps it (places)
+    Result* places = nullptr;   // where the feed keeps the Results of a run
+    std::uint64_t seq = 0;      // the first task's
     std::uint32_t generation = 0;
-    bool struck = false;  // already re-run once after a corrupt stream
+    std::uint32_t count = 1;        // tasks in it
+    std::uint32_t outstanding = 0;  // tasks of it not yet delivered
   };
 
   static constexpr auto sweep_interval = std::chrono::milliseconds(50);
   static constexpr auto ring_check_interval = std::chrono::milliseconds(2);
   static constexpr std::size_t read_chunk = std::size_t{1} << 16;
   static constexpr std::size_t out_limit = std::size_t{1} << 20;  // payload bytes queued per worker
-  static constexpr std::size_t answered_kept = 64;
   // A ticket is (generation << slot_bits) | slot: small numbers, so short varints in frames.
   static constexpr unsigned slot_bits = 20;
   static constexpr std::uint64_t slot_mask = (std::uint64_t{1} << slot_bits) - 1;
@@ -560,8 +640,9 @@ class Pool {
   std::vector<std::unique_ptr<Worker>> workers_;
   std::vector<Slot> slots_;
   std::vector<std::uint32_t> free_slots_;
-  std::size_t live_ = 0;               // slots in use: tasks pulled and not yet delivered
-  std::deque<std::uint64_t> pending_;  // tickets pulled, in no worker's queue (retries, tasks handed back)
+  std::size_t live_ = 0;               // tasks pulled and not yet delivered
+  std::deque<std::uint64_t> pending_;  // ids of tasks pulled, in no worker's queue (retries, tasks handed back)
+  std::vector<std::uint64_t> struck_;  // ids of tasks already run again once after a corrupt stream
   std::uint64_t next_seq_ = 0;
   bool feed_done_ = false;     // pull() gave nothing and finished() said so
   bool feed_waiting_ = false;  // pull() gave nothing for now
@@ -598,14 +679,33 @@ class Pool {
 
   // ---- the feed
 
-  // The next task's ticket (a handed-back one first), or nullopt.
-  std::optional<std::uint64_t> next_task() {
-    if (!pending_.empty()) {
-      std::uint64_t ticket = pending_.front();
-      pending_.pop_front();
-      return ticket;
+  // A fresh slot for count tasks starting at seq next_seq_; returns its ticket.
+  std::uint64_t new_slot(std::uint32_t count) {
+    std::uint32_t index;
+    if (!free_slots_.empty()) {
+      index = free_slots_.back();
+      free_slots_.pop_back();
+    } else {
+      index = static_cast<std::uint32_t>(slots_.size());
+      slots_.emplace_back();
     }
-    if (feed_exhausted() || feed_waiting_ || (free_slots_.empty() && slots_.size() > slot_mask)) return std::nullopt;
+    live_ += count;
+    Slot& slot = slots_[index];
+    slot.seq = next_seq_;
+    next_seq_ += count;
+    slot.count = slot.outstanding = count;
+    slot.places = nullptr;
+    ++slot.generation;
+    return (std::uint64_t{slot.generation} << slot_bits) | index;
+  }
+
+  bool may_pull() const noexcept {
+    return !feed_exhausted() && !feed_waiting_ && (!free_slots_.empty() || slots_.size() <= slot_mask);
+  }
+
+  // Pulls one task from the feed into a new slot; returns its id, or nullopt.
+  std::optional<std::uint64_t> pull_one() {
+    if (!may_pull()) return std::nullopt;
     std::optional<Task> task;
     try {
       task = feed_.pull();
@@ -620,18 +720,9 @@ class Pool {
       source_error_ = std::current_exception();
       return std::nullopt;
     }
-    std::uint32_t index;
-    if (!free_slots_.empty()) {
-      index = free_slots_.back();
-      free_slots_.pop_back();
-    } else {
-      index = static_cast<std::uint32_t>(slots_.size());
-      slots_.emplace_back();
-    }
-    ++live_;
-    Slot& slot = slots_[index];
+    const std::uint64_t ticket = new_slot(1);
+    Slot& slot = slot_of(ticket << run_bits);
     slot.task = std::move(*task);
-    slot.seq = next_seq_++;
     // A reused slot's Result was moved out by deliver(): put back only what a move may leave.
     Result& r = slot.result;
     r.index = static_cast<std::size_t>(slot.seq);
@@ -641,27 +732,53 @@ class Pool {
     r.pid = 0;
     r.duration = {};
     r.attempts = 0;
-    slot.struck = false;
-    ++slot.generation;
-    return (std::uint64_t{slot.generation} << slot_bits) | index;
+    return ticket << run_bits;
   }
 
-  Slot& slot_of(std::uint64_t ticket) { return slots_[static_cast<std::size_t>(ticket & slot_mask)]; }
-  Result& result_of(std::uint64_t ticket) { return slot_of(ticket).result; }
-
-  void deliver(std::uint64_t ticket) {
-    Slot& slot = slot_of(ticket);
+  // Pulls up to max tasks as one run (Feed::pull_run) into a new slot; returns the first id, or
+  // nullopt when the feed gives none that way.
+  std::optional<std::uint64_t> pull_run(std::size_t max) {
+    if (!may_pull() || max < 2) return std::nullopt;
+    std::uint64_t first_fn = 0;
+    Result* places = nullptr;
+    std::size_t n = 0;
     try {
-      feed_.deliver(slot.seq, std::move(slot.result));
+      n = feed_.pull_run(static_cast<std::size_t>(std::min<std::uint64_t>(max, max_run)), first_fn, places);
     } catch (...) {
-      consumer_failed();
+      source_error_ = std::current_exception();
+      return std::nullopt;
     }
-    if (slot.task.payload.capacity() > 4096)
-      std::string().swap(slot.task.payload);
-    else
-      slot.task.payload.clear();
-    free_slots_.push_back(static_cast<std::uint32_t>(ticket & slot_mask));
+    if (n == 0) return std::nullopt;
+    const std::uint64_t ticket = new_slot(static_cast<std::uint32_t>(n));
+    Slot& slot = slot_of(ticket << run_bits);
+    slot.task.fn = first_fn;
+    slot.places = places;
+    return ticket << run_bits;
+  }
+
+  Slot& slot_of(std::uint64_t id) { return slots_[static_cast<std::size_t>((id >> run_bits) & slot_mask)]; }
+  static std::uint32_t place_of(std::uint64_t id) noexcept { return static_cast<std::uint32_t>(id & (max_run - 1)); }
+  std::uint64_t seq_of(std::uint64_t id) { return slot_of(id).seq + place_of(id); }
+  Result& result_of(std::uint64_t id) {
+    Slot& slot = slot_of(id);
+    return slot.places ? slot.places[place_of(id)] : slot.result;
+  }
+
+  void deliver(std::uint64_t id) {
+    Slot& slot = slot_of(id);
+    if (!slot.places) {
+      try {
+        feed_.deliver(slot.seq, std::move(slot.result));
+      } catch (...) {
+        consumer_failed();
+      }
+      if (slot.task.payload.capacity() > 4096)
+        std::string().swap(slot.task.payload);
+      else
+        slot.task.payload.clear();
+    }
     --live_;
+    if (--slot.outstanding == 0) free_slots_.push_back(static_cast<std::uint32_t>((id >> run_bits) & slot_mask));
   }
 
   // ---- starting workers
@@ -740,12 +857,12 @@ class Pool {
     if (!workers_.empty()) return;
     const std::string why = "not run: could not start a worker process: " + last_spawn_error_;
     while (!pending_.empty()) {
-      std::uint64_t ticket = pending_.front();
+      std::uint64_t id = pending_.front();
       pending_.pop_front();
-      Result& r = result_of(ticket);
+      Result& r = result_of(id);
       r.status = Status::cancelled;
       r.error = why;
-      deliver(ticket);
+      deliver(id);
     }
     if (!feed_exhausted()) {
       feed_done_ = true;
@@ -777,21 +894,39 @@ class Pool {
       if (!w->task_w || w->pid <= 0) continue;
       bool added = false;
       while (w->queue.size() < limit && w->out.size() - w->out_at < out_limit) {
-        if (options_.max_tasks_per_worker && w->sent >= options_.max_tasks_per_worker) break;
-        std::optional<std::uint64_t> ticket = next_task();
-        if (!ticket) break;
-        const Slot& slot = slot_of(*ticket);
-        const Task& task = slot.task;
-        if (w->queue.empty()) w->head_since = Clock::now();
-        w->queue.push_back(*ticket);
-        ++w->sent;
-        const std::uint64_t header[4] = {*ticket, slot.seq, task.fn, task.payload.size()};
-        w->out.append(reinterpret_cast<const char*>(header), sizeof header);
-        w->out.append(task.payload);
+        std::size_t room = limit - w->queue.size();
+        if (options_.max_tasks_per_worker) {
+          if (w->sent >= options_.max_tasks_per_worker) break;
+          room = std::min<std::size_t>(room, options_.max_tasks_per_worker - w->sent);
+        }
+        if (!pending_.empty()) {
+          const std::uint64_t id = pending_.front();
+          pending_.pop_front();
+          send_tasks(*w, id, 1);
+        } else if (std::optional<std::uint64_t> run = pull_run(room)) {
+          send_tasks(*w, *run, slot_of(*run).count);
+        } else if (std::optional<std::uint64_t> id = pull_one()) {
+          send_tasks(*w, *id, 1);
+        } else {
+          break;
+        }
         added = true;
       }
       if (added) flush_out(*w);
     }
+  }
+
+  // Queues one message for w: the task `first_id`, or the `count` tasks of a run from it.
+  void send_tasks(Worker& w, std::uint64_t first_id, std::uint32_t count) {
+    const Slot& slot = slot_of(first_id);
+    const std::uint32_t k = place_of(first_id);
+    if (w.queue.empty()) w.head_since = Clock::now();
+    for (std::uint32_t i = 0; i < count; ++i) w.queue.push_back(first_id + i);
+    w.sent += count;
+    const std::uint64_t header[4] = {first_id, slot.seq + k, slot.task.fn + k,
+                                     count > 1 ? run_flag | count : slot.task.payload.size()};
+    w.out.append(reinterpret_cast<const char*>(header), sizeof header);
+    if (count == 1) w.out.append(slot.task.payload);
   }
 
   // Writes what the task pipe takes now; the rest waits for POLLOUT.
@@ -879,6 +1014,7 @@ class Pool {
   // Returns false if the worker is gone (killed for a protocol error, or retired).
   bool collect(Worker& w) {
     bool pipe_fresh = false;
+    bool took = false;
     try {
       for (;;) {
         std::string_view from_ring = ring_frame(w);
@@ -889,6 +1025,18 @@ class Pool {
           if (w.result_r) read_pipe(w);
         }
         skip_doorbells(w);
+        // The common case, taken without the checks below: nothing waiting from the pipe, and the
+        // ring holding the frames of the tasks at the front of the queue, in order.
+        while (pipe_fresh && w.have == w.consumed && !from_ring.empty() && !w.queue.empty()) {
+          if (frame_index(from_ring) != w.queue.front()) break;
+          Reader rd(from_ring.substr(frame_header_size + frame_index_size));
+          decode_verdict(rd, result_of(w.queue.front()));
+          w.ring.advance(from_ring.size());
+          accepted(w);
+          took = true;
+          if (retire_if_done(w)) return false;
+          from_ring = ring_frame(w);
+        }
         std::string_view from_pipe = pipe_frame(w);
         if (from_ring.empty() && from_pipe.empty()) break;
         const bool has_expected = !w.queue.empty();
@@ -897,12 +1045,14 @@ class Pool {
           if (frame_kind(from_pipe) == frame_kind_remote) {
             take_remote(w, from_pipe);
           } else {
-            accept(w, decode_result_frame(from_pipe, max_frame()));
+            accept(w, from_pipe);
             w.consumed += from_pipe.size();
           }
+          took = true;
         } else if (has_expected && !from_ring.empty() && frame_index(from_ring) == expected) {
-          accept(w, decode_result_frame(from_ring, max_frame()));
+          accept(w, from_ring);
           w.ring.advance(from_ring.size());
+          took = true;
         } else if (!from_ring.empty() && !holds(w, frame_index(from_ring))) {
           // The worker's own frame for a function whose result already came through the pipe
           // (written there by the function itself): the first one delivered stands.
@@ -922,6 +1072,7 @@ class Pool {
       return false;
     }
     w.ring.publish();
+    if (took) w.head_since = Clock::now();  // when the task now at the front became the front, near enough
     if (w.consumed == w.have) {
       w.consumed = w.have = 0;
       if (w.buf.capacity() > (std::size_t{4} << 20)) w.buf.release();  // give back a big result's buffer
@@ -942,9 +1093,9 @@ class Pool {
     std::atomic<std::uint32_t>& ack = w.shared.block()->remote_ack;
     const std::size_t own = frame.size() - frame_header_size;
     RemoteReader reader(w.pid, max_frame() > own ? max_frame() - own : 0);
-    Result decoded;
+    Result& r = result_of(w.queue.front());
     try {
-      decoded = decode_result_frame(frame, max_frame(), &reader);
+      decode_result_frame_into(frame, max_frame(), r, &reader);
     } catch (const remote_unavailable& e) {
       w.consumed += frame.size();
       if (!e.gone()) {
@@ -953,14 +1104,13 @@ class Pool {
       }
       return;
     } catch (const std::bad_alloc&) {
-      decoded = Result();
-      decoded.index = static_cast<std::size_t>(frame_index(frame));
-      decoded.status = Status::exception;
-      decoded.error = "pfp: the parent could not allocate memory for the result (std::bad_alloc)";
+      r.status = Status::exception;
+      r.result = Value();
+      r.error = "pfp: the parent could not allocate memory for the result (std::bad_alloc)";
     }
     remote_answer(ack, remote_ack_copied);
     w.consumed += frame.size();
-    accept(w, std::move(decoded));
+    accepted(w);
   }
 
   // The next whole frame in the worker's ring, or an empty view.
@@ -990,8 +1140,8 @@ class Pool {
     }
   }
 
-  static bool holds(const Worker& w, std::uint64_t ticket) {
-    return std::find(w.queue.begin(), w.queue.end(), ticket) != w.queue.end();
+  static bool holds(const Worker& w, std::uint64_t id) {
+    return std::find(w.queue.begin(), w.queue.end(), id) != w.queue.end();
   }
 
   // The worker's stream is corrupt: something wrote on its result pipe that the worker did not
@@ -1008,10 +1158,10 @@ class Pool {
       while (!w.queue.empty()) {
         std::string_view frame = ring_frame(w);
         if (frame.empty()) break;
-        std::uint64_t ticket = frame_index(frame);
-        if (ticket == w.queue.front()) {
-          accept(w, decode_result_frame(frame, max_frame()));
-        } else if (holds(w, ticket)) {
+        const std::uint64_t id = frame_index(frame);
+        if (id == w.queue.front()) {
+          accept(w, frame);
+        } else if (holds(w, id)) {
           break;
         }
         w.ring.advance(frame.size());
@@ -1022,6 +1172,7 @@ class Pool {
     // A culprit that already has its verdict from this worker loses it: what it sent cannot be
     // trusted. Feeds that can still change what they reported are told.
     auto answered = std::find_if(w.answered.begin(), w.answered.end(), [&](const auto& a) { return a.first + 1 == culprit; });
+    // (ids are never 0, so the unused entries match no culprit)
     if (culprit != 0 && answered != w.answered.end()) {
       const std::uint64_t seq = answered->second;
       Result r;
@@ -1037,9 +1188,9 @@ class Pool {
       }
     }
     if (!w.queue.empty() && head_began(w) && culprit != 0 && culprit != w.queue.front() + 1 &&
-        !slot_of(w.queue.front()).struck) {
+        std::find(struck_.begin(), struck_.end(), w.queue.front()) == struck_.end()) {
       std::uint64_t again = w.queue.front();
-      slot_of(again).struck = true;
+      struck_.push_back(again);
       w.queue.pop_front();
       settle_queue(w, Status::crashed, why);  // the rest never started
       pending_.push_front(again);
@@ -1055,34 +1206,36 @@ class Pool {
     return true;
   }
 
-  void accept(Worker& w, Result&& decoded) {
-    const std::uint64_t ticket = w.queue.front();
+  // The whole frame for the task at the front of w's queue: its verdict, decoded in place.
+  // Throws pfp::error if the frame is malformed (the caller declares the stream corrupt).
+  void accept(Worker& w, std::string_view frame, RemoteSource* remote = nullptr) {
+    decode_result_frame_into(frame, max_frame(), result_of(w.queue.front()), remote);
+    accepted(w);
+  }
+
+  // The task at the front of w's queue has its verdict in its Result (but for the pid).
+  void accepted(Worker& w) {
+    const std::uint64_t id = w.queue.front();
     w.queue.pop_front();
-    w.answered.emplace_back(ticket, slot_of(ticket).seq);
-    if (w.answered.size() > answered_kept) w.answered.pop_front();
-    Result& r = result_of(ticket);
-    r.status = decoded.status;
-    r.error = std::move(decoded.error);
-    r.result = std::move(decoded.result);
-    r.duration = decoded.duration;
+    w.answered[w.answered_at++ % answered_kept] = {id, seq_of(id)};
+    Result& r = result_of(id);
     r.pid = static_cast<int>(w.pid);
     double ns = static_cast<double>(r.duration.count());
     mean_duration_ns_ = mean_duration_ns_ < 0 ? ns : mean_duration_ns_ * 0.875 + ns * 0.125;
-    conclude(ticket);
-    w.head_since = Clock::now();
+    conclude(id);
   }
 
   // One attempt of a task reached a verdict: it is final unless the options ask to try again.
-  void conclude(std::uint64_t ticket) {
-    Result& r = result_of(ticket);
+  void conclude(std::uint64_t id) {
+    Result& r = result_of(id);
     ++r.attempts;
     bool retryable = r.status == Status::crashed || r.status == Status::timed_out ||
                      (r.status == Status::exception && options_.retry_exceptions);
     if (retryable && r.attempts <= options_.retries) {
-      pending_.push_back(ticket);
+      pending_.push_back(id);
       return;
     }
-    deliver(ticket);
+    deliver(id);
   }
 
   // Whether the worker began the function at the front of its queue, and when.
@@ -1109,16 +1262,16 @@ class Pool {
       std::vector<std::uint64_t> waiting(w->queue.begin() + 1, w->queue.end());
       w->queue.resize(1);
       kill_worker(*w, Status::cancelled, "cancelled while running: the worker was killed with everything it started");
-      for (std::uint64_t ticket : waiting) pending_.push_front(ticket);
+      for (std::uint64_t id : waiting) pending_.push_front(id);
     }
     while (!pending_.empty()) {
-      std::uint64_t ticket = pending_.front();
+      std::uint64_t id = pending_.front();
       pending_.pop_front();
-      Result& r = result_of(ticket);
+      Result& r = result_of(id);
       r.status = Status::cancelled;
       r.error = "cancelled before it started";
       r.result = Value();
-      deliver(ticket);
+      deliver(id);
     }
     if (!feed_done_) {
       feed_done_ = true;
@@ -1140,8 +1293,8 @@ class Pool {
     // that had already delivered its result (or in flushing its output), not in this one.
     const bool began = head_began(w).has_value();
     if (began) {
-      const std::uint64_t ticket = w.queue.front();
-      Result& r = result_of(ticket);
+      const std::uint64_t id = w.queue.front();
+      Result& r = result_of(id);
       r.status = status;
       r.error = why;
       r.result = Value();
@@ -1151,9 +1304,9 @@ class Pool {
       w.queue.pop_front();
       if (status == Status::cancelled) {
         ++r.attempts;
-        deliver(ticket);
+        deliver(id);
       } else {
-        conclude(ticket);
+        conclude(id);
       }
     }
     // Otherwise it died between tasks: nothing it held had started.

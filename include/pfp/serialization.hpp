@@ -240,20 +240,34 @@ class Reader {
     return static_cast<std::uint8_t>(*p_++);
   }
   std::uint64_t varint() {
-    // Bounds checked once: at most the 10 bytes a varint can take, or what is left.
-    const std::size_t n = remaining() < 10 ? remaining() : 10;
     const auto* q = reinterpret_cast<const std::uint8_t*>(p_);
+    const std::size_t left = remaining();
+    // Most numbers here take one to three bytes: those without a loop.
+    if (left >= 1 && q[0] < 0x80) {
+      p_ += 1;
+      return q[0];
+    }
+    if (left >= 2 && q[1] < 0x80) {
+      p_ += 2;
+      return (q[0] & 0x7Fu) | std::uint64_t{q[1]} << 7;
+    }
+    if (left >= 3 && q[2] < 0x80) {
+      p_ += 3;
+      return (q[0] & 0x7Fu) | std::uint64_t{q[1] & 0x7Fu} << 7 | std::uint64_t{q[2]} << 14;
+    }
+    // Bounds checked once: at most the 10 bytes a varint can take, or what is left.
+    const std::size_t n = left < 10 ? left : 10;
     std::uint64_t v = 0;
     for (std::size_t i = 0; i < n; ++i) {
-      const std::uint8_t b = q[i];
-      if (i == 9 && b > 1) fail("varint overflows 64 bits");  // also a 10th byte that says more follow
-      v |= static_cast<std::uint64_t>(b & 0x7F) << (7 * i);
-      if (!(b & 0x80)) {
+      const std::uint64_t b = q[i];
+      v |= (b & 0x7F) << (7 * i);
+      if (b < 0x80) {
+        if (i == 9 && b > 1) fail("varint overflows 64 bits");
         p_ += i + 1;
         return v;
       }
     }
-    fail("unexpected end of input");
+    fail(n == 10 ? "varint overflows 64 bits" : "unexpected end of input");  // a 10th byte that says more follow, or the end
   }
   const char* take(std::uint64_t n) {
     if (n > remaining()) fail("a length of " + std::to_string(n) + " exceeds the " + std::to_string(remaining()) + " bytes left");
@@ -272,6 +286,24 @@ class Reader {
     if (n > remaining() / min_bytes)
       fail("a count of " + std::to_string(n) + " items cannot fit in the " + std::to_string(remaining()) + " bytes left");
     return static_cast<std::size_t>(n);
+  }
+
+  /// Decodes a value into out: scalars in place (no temporary Value), the rest through value().
+  void value_into(Value& out) {
+    if (p_ != end_) {
+      switch (static_cast<Tag>(*p_)) {
+        case Tag::null:
+          ++p_;
+          out.data_.emplace<std::monostate>();
+          return;
+        case Tag::integer:
+          ++p_;
+          out.data_.emplace<std::int64_t>(unzigzag(varint()));
+          return;
+        default: break;
+      }
+    }
+    out = value();
   }
 
   Value value(std::size_t depth = 0) {

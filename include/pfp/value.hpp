@@ -28,6 +28,7 @@ namespace pfp {
 class Value;
 
 namespace detail {
+class Reader;
 
 template <class>
 inline constexpr bool dependent_false = false;
@@ -99,7 +100,10 @@ class Value {
     return *this;
   }
   Value& operator=(Value&& other) noexcept {
-    if (this != &other) {
+    if (this == &other) {
+    } else if (data_.index() <= 3) {
+      data_ = std::move(other.data_);  // null or a scalar: other cannot live inside it
+    } else {
       Value taken(std::move(other));
       data_ = std::move(taken.data_);
     }
@@ -350,6 +354,7 @@ class Value {
   }
 
   friend bool operator==(const Value& a, const Value& b) { return a.data_ == b.data_; }
+  friend class detail::Reader;  // decodes scalars in place
   friend bool operator!=(const Value& a, const Value& b) { return !(a == b); }
 
   struct Bytes {
