@@ -73,19 +73,23 @@ inline constexpr std::uint64_t max_run = std::uint64_t{1} << run_bits;
 /// consecutive ids, seqs and fns and no payloads.
 inline constexpr std::uint64_t run_flag = std::uint64_t{1} << 63;
 
-/// The shortest time a system call takes here, with the clock a worker times its tasks with
-/// (clock reads included, as they are in a task's time). Measured once per process.
-inline Clock::duration shortest_syscall() {
-  static const Clock::duration shortest = [] {
-    Clock::duration best = Clock::duration::max();
+/// How long a task must have run, timed the way a worker times its tasks (two clock reads around
+/// it), before it could have made a system call: the clock's own cost plus half what the cheapest
+/// system call takes here (half, for a margin against clock-speed changes). A task that took less
+/// cannot have written anywhere. Measured once per process.
+inline Clock::duration syscall_time_floor() {
+  static const Clock::duration floor = [] {
+    Clock::duration reading = Clock::duration::max(), syscall = Clock::duration::max();
     for (int i = 0; i < 32; ++i) {
-      const Clock::time_point t0 = Clock::now();
+      Clock::time_point t0 = Clock::now();
+      reading = std::min(reading, Clock::now() - t0);
+      t0 = Clock::now();
       [[maybe_unused]] volatile pid_t parent = ::getppid();
-      best = std::min(best, Clock::now() - t0);
+      syscall = std::min(syscall, Clock::now() - t0);
     }
-    return best;
+    return reading + (syscall - std::min(reading, syscall)) / 2;
   }();
-  return shortest;
+  return floor;
 }
 
 // ---------------------------------------------------------------- worker side
@@ -248,7 +252,7 @@ inline std::uint64_t bytes_ever_written(int result_fd, SharedBlock* shared) noex
     std::memcpy(&v, in.get() + at + k * sizeof v, sizeof v);
     return v;
   };
-  const Clock::duration check_after = shortest_syscall() / 2;
+  const Clock::duration check_after = syscall_time_floor();
   for (;;) {
     // Run every whole message received.
     while (have - at >= task_header_size) {
@@ -261,15 +265,12 @@ inline std::uint64_t bytes_ever_written(int result_fd, SharedBlock* shared) noex
       task.payload = std::string_view(in.get() + at + task_header_size, static_cast<std::size_t>(payload_size));
       task.worker = slot;
       at += task_header_size + static_cast<std::size_t>(payload_size);  // the payload stays where it is until the loop ends
-      Clock::time_point begun = Clock::now();
       for (std::uint64_t k = 0; k < count; ++k) {
         const std::uint64_t id = first_id + k;
         task.seq = first_seq + k;
         task.fn = first_fn + k;
-        if (opt.cpu_limit.count() > 0) {
-          arm_cpu_limit(opt);
-          begun = Clock::now();
-        }
+        arm_cpu_limit(opt);
+        const Clock::time_point begun = Clock::now();
         shared->started_at_ns.store(std::chrono::duration_cast<std::chrono::nanoseconds>(begun.time_since_epoch()).count(),
                                     std::memory_order_relaxed);
         shared->started.store(id + 1, std::memory_order_release);
@@ -278,10 +279,9 @@ inline std::uint64_t bytes_ever_written(int result_fd, SharedBlock* shared) noex
         const RanTask ran = run_one(id, task, run, opt, frame, r, remote ? remote_min_size : no_remote, begun, &ring_out);
         const Clock::time_point ended = ran.ended;
         // Only the parent reads this pipe, so its byte count can grow during a task only if the
-        // task (or something it started) wrote to it. A task that took less time than the
-        // cheapest system call cannot have written anywhere: trivial tasks skip the look (itself
-        // a system call). The intervals measured cover all of this worker's time but pfp's own
-        // writes, so nothing a task wrote escapes the look.
+        // task (or something it started) wrote to it. A task that ran for less time than a
+        // system call takes cannot have written anywhere: trivial tasks skip the look (itself a
+        // system call).
         bool wrote_on_pipe = false;
         if (ended - begun >= check_after) {
           const std::uint64_t now_written = bytes_ever_written(result_fd, shared);
@@ -296,13 +296,11 @@ inline std::uint64_t bytes_ever_written(int result_fd, SharedBlock* shared) noex
           }
           pipe_bytes = now_written;
         }
-        // What the function printed appears even though the worker leaves by _exit.
-        bool slow_path = flush_standard_streams();
+        flush_standard_streams();  // what the function printed appears even though the worker leaves by _exit
         if (ran.in_ring) {
           ring_out.commit(ran.in_ring);
           bell_owed = true;
         } else if (frame_kind(frame) == frame_kind_remote) {
-          slow_path = true;
           // The big strings stay in r until the parent has copied them.
           shared->remote_ack.store(remote_ack_waiting, std::memory_order_relaxed);
           send(frame.data(), frame.size());
@@ -319,7 +317,6 @@ inline std::uint64_t bytes_ever_written(int result_fd, SharedBlock* shared) noex
         } else if (ring_out.put(frame)) {
           bell_owed = true;
         } else {
-          slow_path = true;
           send(frame.data(), frame.size());
         }
         if (frame.capacity() > ring_frame_limit) std::string().swap(frame);  // do not sit on a big result's memory
@@ -329,9 +326,6 @@ inline std::uint64_t bytes_ever_written(int result_fd, SharedBlock* shared) noex
           flush_stdio();
           leave(0);
         }
-        // The next task's time starts where this one's ended, unless pfp spent a while in between
-        // (output flushed, a result sent through the pipe): that is nobody's run time.
-        begun = slow_path ? Clock::now() : ended;
       }
       if (count > 1) ring_bell();  // the parent collects a run's results while the next one runs
     }
@@ -515,7 +509,7 @@ class Pool {
     SigchldDefault sigchld_default;
     signal_plan_ = SignalPlan::learn();
     bind_worker_calls();
-    shortest_syscall();  // measured here, once, not in every worker
+    syscall_time_floor();  // measured here, once, not in every worker
     target_workers_ = effective_workers(options_, feed_.size_hint());
     if (feed_.size_hint() && *feed_.size_hint() == 0) return;
 

@@ -54,33 +54,21 @@ struct PutArea : std::streambuf {
 };
 
 /// Flushes what a function printed to stdout and stderr, cheaply when there is nothing to flush
-/// (it runs after every function in a worker). Returns whether there was anything to flush.
-inline bool flush_standard_streams() noexcept {
-  bool flushed = false;
+/// (it runs after every function in a worker).
+inline void flush_standard_streams() noexcept {
 #if defined(__GLIBC__) || defined(__linux__)
-  if (__fpending(stdout)) {
-    std::fflush(stdout);
-    flushed = true;
-  }
-  if (__fpending(stderr)) {
-    std::fflush(stderr);
-    flushed = true;
-  }
+  if (__fpending(stdout)) std::fflush(stdout);
+  if (__fpending(stderr)) std::fflush(stderr);
 #else
   std::fflush(stdout);
   std::fflush(stderr);
-  flushed = true;
 #endif
   try {
     // std::cout has its own buffer only after std::ios::sync_with_stdio(false) (or with a
     // buffer of the program's own put in): flushing an empty one costs a virtual call and more.
-    if (PutArea::pending(std::cout.rdbuf())) {
-      std::cout.flush();
-      flushed = true;
-    }
+    if (PutArea::pending(std::cout.rdbuf())) std::cout.flush();
   } catch (...) {
   }
-  return flushed;
 }
 
 /// Flushes every stdio and iostream buffer so a forked child cannot print them a second time.

@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <csignal>
 #include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -19,12 +20,68 @@
 #include <cxxabi.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 namespace pfp {
 namespace detail {
+
+/// Fresh memory the parent is about to fill: transparent huge pages mean 512 times fewer page
+/// faults (and, for memory a fork shares, 512 times fewer entries to copy). A hint, for buffers of
+/// min_bytes or more; kernels without huge pages ignore it.
+inline void advise_huge_pages(void* p, std::size_t n, std::size_t min_bytes = std::size_t{32} << 20) noexcept {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr std::uintptr_t huge = std::uintptr_t{2} << 20;
+  if (n < min_bytes) return;
+  const auto begin = reinterpret_cast<std::uintptr_t>(p), end = begin + n;
+  const std::uintptr_t hb = (begin + huge - 1) & ~(huge - 1), he = end & ~(huge - 1);
+  if (he > hb) ::madvise(reinterpret_cast<void*>(hb), he - hb, MADV_HUGEPAGE);
+#else
+  (void)p;
+  (void)n;
+  (void)min_bytes;
+#endif
+}
+
+/// Keeps the whole pages of a buffer out of the processes forked while it lives (MADV_DONTFORK):
+/// memory only the parent writes during a run then costs no copy-on-write fault per page, and no
+/// page-table copy per fork. The pages are handed back to fork (MADV_DOFORK) when this ends, before
+/// the buffer can be freed and its pages reused for something a child needs. Children must never
+/// touch the buffer. A no-op where the advice does not exist, and for small buffers.
+class HiddenFromForks {
+ public:
+  HiddenFromForks(void* p, std::size_t n) noexcept {
+#if defined(__linux__) && defined(MADV_DONTFORK) && defined(MADV_DOFORK)
+    constexpr std::size_t min_bytes = std::size_t{256} << 10;
+    const std::uintptr_t page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+    const auto begin = reinterpret_cast<std::uintptr_t>(p), end = begin + n;
+    const std::uintptr_t pb = (begin + page - 1) & ~(page - 1), pe = end & ~(page - 1);
+    if (n >= min_bytes && pe > pb && ::madvise(reinterpret_cast<void*>(pb), pe - pb, MADV_DONTFORK) == 0) {
+      begin_ = reinterpret_cast<void*>(pb);
+      size_ = pe - pb;
+    }
+#else
+    (void)p;
+    (void)n;
+#endif
+  }
+  HiddenFromForks(const HiddenFromForks&) = delete;
+  HiddenFromForks& operator=(const HiddenFromForks&) = delete;
+  ~HiddenFromForks() { reveal(); }
+  /// Forks copy the pages again from now on.
+  void reveal() noexcept {
+#if defined(__linux__) && defined(MADV_DONTFORK) && defined(MADV_DOFORK)
+    if (begin_) ::madvise(begin_, size_, MADV_DOFORK);
+#endif
+    begin_ = nullptr;
+  }
+
+ private:
+  void* begin_ = nullptr;
+  std::size_t size_ = 0;
+};
 
 inline std::string errno_text(int err) { return std::string(std::strerror(err)) + " (errno " + std::to_string(err) + ")"; }
 

@@ -132,22 +132,6 @@ std::string string_filled_by(std::size_t n, Fill&& fill) {
 // ---------------------------------------------------------------- parent side
 
 #if defined(__linux__)
-// Fresh memory for a big result: transparent huge pages mean 512 times fewer page faults. A hint:
-// kernels without them ignore it. Only for buffers this big, which glibc always gives their own
-// mapping, so the advice never reaches memory another allocation shares.
-inline void advise_huge_pages(char* p, std::size_t n) noexcept {
-#if defined(MADV_HUGEPAGE)
-  constexpr std::uintptr_t huge = std::uintptr_t{2} << 20;
-  if (n < (std::size_t{32} << 20)) return;
-  const auto begin = reinterpret_cast<std::uintptr_t>(p), end = begin + n;
-  const std::uintptr_t hb = (begin + huge - 1) & ~(huge - 1), he = end & ~(huge - 1);
-  if (he > hb) ::madvise(reinterpret_cast<void*>(hb), he - hb, MADV_HUGEPAGE);
-#else
-  (void)p;
-  (void)n;
-#endif
-}
-
 /// CPUs this process may run on.
 inline unsigned usable_cpus() noexcept {
   cpu_set_t set;
