@@ -69,6 +69,9 @@ inline constexpr std::size_t task_header_size = 4 * sizeof(std::uint64_t);
 /// slot's run, so one message can carry up to max_run consecutive tasks.
 inline constexpr unsigned run_bits = 10;
 inline constexpr std::uint64_t max_run = std::uint64_t{1} << run_bits;
+/// Most tasks one worker holds at once when they come in runs (Feed::pull_run): a few runs, so a
+/// worker always has the next one while the parent takes the results of the last.
+inline constexpr unsigned max_run_pipeline_depth = 4 * max_run;
 /// Set in a task message's fourth word when the message is a run of `count` tasks with
 /// consecutive ids, seqs and fns and no payloads.
 inline constexpr std::uint64_t run_flag = std::uint64_t{1} << 63;
@@ -644,6 +647,7 @@ class Pool {
   std::exception_ptr consumer_error_;  // deliver(), amend() or stop_requested() threw: the run stops
   unsigned target_workers_ = 1;
   double mean_duration_ns_ = -1;  // running mean of what workers report, to size the pipeline
+  bool runs_seen_ = false;        // the feed gives runs of tasks
   std::string last_spawn_error_;
   SignalPlan signal_plan_;               // what a new worker resets of this thread's signal state
   std::vector<int> close_in_child_;      // descriptors a new worker closes
@@ -743,6 +747,7 @@ class Pool {
       return std::nullopt;
     }
     if (n == 0) return std::nullopt;
+    runs_seen_ = true;
     const std::uint64_t ticket = new_slot(static_cast<std::uint32_t>(n));
     Slot& slot = slot_of(ticket << run_bits);
     slot.task.fn = first_fn;
@@ -872,7 +877,8 @@ class Pool {
   unsigned depth() const {
     if (mean_duration_ns_ < 0) return 1;
     double d = 200'000.0 / std::max(mean_duration_ns_, 1.0);
-    auto depth = static_cast<std::size_t>(std::clamp(d, 1.0, static_cast<double>(max_pipeline_depth)));
+    const unsigned most = runs_seen_ ? max_run_pipeline_depth : max_pipeline_depth;
+    auto depth = static_cast<std::size_t>(std::clamp(d, 1.0, static_cast<double>(most)));
     if (std::optional<std::size_t> hint = feed_.size_hint()) {
       std::size_t left = pending_.size() + (*hint > next_seq_ ? *hint - static_cast<std::size_t>(next_seq_) : 0);
       std::size_t live = std::max<std::size_t>(workers_.size(), 1);
