@@ -25,34 +25,49 @@ namespace pfp {
 namespace detail {
 
 // Feeds registered functions 0..n-1 (fn == seq, nothing serialized: workers inherit them) and
-// files each Result at its index.
+// files each Result at its index. The Results are made as their functions are handed out, so
+// making them overlaps with the workers' first runs instead of delaying them.
 class ListFeed final : public Feed {
  public:
-  /// results holds one Result per function, with function_name and index already set.
-  explicit ListFeed(std::vector<Result>& results) : results_(results) {}
+  /// results is empty, with room reserved for n; name_of(i) is function i's name.
+  ListFeed(std::vector<Result>& results, std::size_t n, std::function<const std::string&(std::size_t)> name_of)
+      : results_(results), n_(n), name_of_(std::move(name_of)) {}
   std::optional<Task> pull() override {
-    if (next_ >= results_.size()) return std::nullopt;
+    if (next_ >= n_) return std::nullopt;
+    make_results(next_ + 1);
     return Task{next_++, {}};
   }
   std::size_t pull_run(std::size_t max, std::uint64_t& first_fn, Result*& places) override {
-    const std::size_t n = std::min<std::size_t>(max, results_.size() - static_cast<std::size_t>(next_));
+    const std::size_t n = std::min<std::size_t>(max, n_ - static_cast<std::size_t>(next_));
+    make_results(next_ + n);
     first_fn = next_;
     places = results_.data() + next_;
     next_ += n;
     return n;
   }
   bool finished() override { return true; }
-  std::optional<std::size_t> size_hint() const override { return results_.size(); }
+  std::optional<std::size_t> size_hint() const override { return n_; }
   void deliver(std::uint64_t seq, Result&& r) override { file(seq, std::move(r)); }
   void amend(std::uint64_t seq, Result&& r) override { file(seq, std::move(r)); }
   void drop_rest(const std::string& why) override {
-    for (; next_ < results_.size(); ++next_) {
+    make_results(n_);
+    for (; next_ < n_; ++next_) {
       results_[next_].status = Status::cancelled;
       results_[next_].error = why;
     }
   }
 
  private:
+  // Results up to function `upto` (exclusive) exist, named and numbered. Within the reserved room:
+  // places handed out stay where they are.
+  void make_results(std::uint64_t upto) {
+    while (results_.size() < upto) {
+      const std::size_t i = results_.size();
+      Result& r = results_.emplace_back();
+      r.function_name = name_of_(i);
+      r.index = i;
+    }
+  }
   // Everything but the name and index, which the slot already has.
   void file(std::uint64_t seq, Result&& r) {
     Result& slot = results_[static_cast<std::size_t>(seq)];
@@ -64,6 +79,8 @@ class ListFeed final : public Feed {
     slot.attempts = r.attempts;
   }
   std::vector<Result>& results_;
+  std::size_t n_;
+  std::function<const std::string&(std::size_t)> name_of_;
   std::uint64_t next_ = 0;
 };
 
@@ -334,11 +351,6 @@ class MultiProcessor {
     fresh.reserve(tasks_.size());
     detail::advise_huge_pages(fresh.data(), tasks_.size() * sizeof(Result), std::size_t{4} << 20);
     detail::HiddenFromForks hidden(fresh.data(), tasks_.size() * sizeof(Result));
-    for (std::size_t i = 0; i < tasks_.size(); ++i) {
-      Result& r = fresh.emplace_back();
-      r.function_name = tasks_[i].name;
-      r.index = i;
-    }
     detail::FeedRunner runner = [this](const detail::TaskView& task, Result& r) {
       const std::size_t i = static_cast<std::size_t>(task.fn);
       if (i >= tasks_.size()) throw error("pfp: worker was sent function index " + std::to_string(i) + " of " + std::to_string(tasks_.size()));
@@ -351,7 +363,7 @@ class MultiProcessor {
       detail::CancelState& state;
       ~CloseCancel() { state.close(); }
     } close_cancel{*cancel_};
-    detail::ListFeed feed(fresh);
+    detail::ListFeed feed(fresh, tasks_.size(), [this](std::size_t i) -> const std::string& { return tasks_[i].name; });
     detail::run_feed(runner, options_, feed, cancel_.get());
     hidden.reveal();  // results_ lives on, and a later run's workers may read it
     results_ = std::move(fresh);

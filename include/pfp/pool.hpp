@@ -16,6 +16,7 @@
 #include <pfp/channel.hpp>
 #include <pfp/detail/posix.hpp>
 #include <pfp/detail/remote.hpp>
+#include <pfp/detail/task_clock.hpp>
 #include <pfp/error.hpp>
 #include <pfp/feed.hpp>
 #include <pfp/options.hpp>
@@ -76,25 +77,6 @@ inline constexpr unsigned max_run_pipeline_depth = 4 * max_run;
 /// consecutive ids, seqs and fns and no payloads.
 inline constexpr std::uint64_t run_flag = std::uint64_t{1} << 63;
 
-/// How long a task must have run, timed the way a worker times its tasks (two clock reads around
-/// it), before it could have made a system call: the clock's own cost plus half what the cheapest
-/// system call takes here (half, for a margin against clock-speed changes). A task that took less
-/// cannot have written anywhere. Measured once per process.
-inline Clock::duration syscall_time_floor() {
-  static const Clock::duration floor = [] {
-    Clock::duration reading = Clock::duration::max(), syscall = Clock::duration::max();
-    for (int i = 0; i < 32; ++i) {
-      Clock::time_point t0 = Clock::now();
-      reading = std::min(reading, Clock::now() - t0);
-      t0 = Clock::now();
-      [[maybe_unused]] volatile pid_t parent = ::getppid();
-      syscall = std::min(syscall, Clock::now() - t0);
-    }
-    return reading + (syscall - std::min(reading, syscall)) / 2;
-  }();
-  return floor;
-}
-
 // ---------------------------------------------------------------- worker side
 
 inline void apply_memory_limit(const Options& opt) noexcept {
@@ -130,20 +112,15 @@ inline std::uint64_t worker_current_ticket = 0;
 /// before the worker is killed (a test can make the parent slow to react, as a busy machine does).
 inline void (*on_corrupt_stream)(pid_t) = nullptr;
 
-/// What run_one did: when the task ended, and how many bytes of its frame wait in the ring for
-/// RingWriter::commit (0: the frame is in `frame`).
-struct RanTask {
-  Clock::time_point ended;
-  std::size_t in_ring = 0;
-};
-
-// Runs one task into r and encodes its frame: straight into `ring` (reserved there, not yet
-// published) when it fits and is an ordinary frame, else into `frame`. Strings of remote_min bytes
-// or more are left in r (a frame_kind_remote frame), which must then stay untouched until the
-// parent has answered. r is reused from task to task (start: when the task began).
-inline RanTask run_one(std::uint64_t id, const TaskView& task, const FeedRunner& run, const Options& opt,
-                       std::string& frame, Result& r, std::size_t remote_min = no_remote,
-                       Clock::time_point start = Clock::now(), RingWriter* ring = nullptr) {
+// Runs one task into r (timed by `clock`, started by the caller) and encodes its frame: straight
+// into `ring` (reserved there, not yet published) when it fits and is an ordinary frame, else into
+// `frame`. Returns how many bytes of the frame wait in the ring for RingWriter::commit (0: the
+// frame is in `frame`). Strings of remote_min bytes or more are left in r (a frame_kind_remote
+// frame), which must then stay untouched until the parent has answered. r is reused from task to
+// task.
+inline std::size_t run_one(std::uint64_t id, const TaskView& task, const FeedRunner& run, const Options& opt,
+                           std::string& frame, Result& r, TaskClock& clock, std::size_t remote_min = no_remote,
+                           RingWriter* ring = nullptr) {
   const std::size_t index = static_cast<std::size_t>(id);
   r.function_name.clear();
   if (!r.result.is_null()) r.result = Value();
@@ -167,8 +144,7 @@ inline RanTask run_one(std::uint64_t id, const TaskView& task, const FeedRunner&
     r.error = describe_current_exception();
     r.result = Value();
   }
-  const Clock::time_point end = Clock::now();
-  r.duration = std::chrono::duration_cast<std::chrono::nanoseconds>(end - start);
+  r.duration = std::chrono::nanoseconds(clock.stop());
   r.index = index;  // whatever the function did to its Result, the frame names the right task
   try {
     const FramePlan plan = plan_result_frame(r, remote_min);
@@ -179,13 +155,13 @@ inline RanTask run_one(std::uint64_t id, const TaskView& task, const FeedRunner&
       r.error = "pfp: the result of " + std::to_string(plan.full_size) + " bytes exceeds Options::max_result_bytes (" +
                 std::to_string(opt.max_result_bytes) + " bytes)";
       encode_result_frame_into(r, frame);
-      return {end, 0};
+      return 0;
     }
     if (ring && plan.kind == frame_kind_result) {
       if (char* at = ring->reserve(plan.size)) {
         write_result_frame(r, plan, at);
         frame.clear();
-        return {end, plan.size};
+        return plan.size;
       }
     }
     frame.resize(plan.size);
@@ -197,7 +173,7 @@ inline RanTask run_one(std::uint64_t id, const TaskView& task, const FeedRunner&
     std::string().swap(frame);
     encode_result_frame_into(r, frame);
   }
-  return {end, 0};
+  return 0;
 }
 
 // Every byte ever written to the result pipe: what the parent has read plus what is still queued.
@@ -255,7 +231,7 @@ inline std::uint64_t bytes_ever_written(int result_fd, SharedBlock* shared) noex
     std::memcpy(&v, in.get() + at + k * sizeof v, sizeof v);
     return v;
   };
-  const Clock::duration check_after = syscall_time_floor();
+  TaskClock clock;
   for (;;) {
     // Run every whole message received.
     while (have - at >= task_header_size) {
@@ -268,25 +244,23 @@ inline std::uint64_t bytes_ever_written(int result_fd, SharedBlock* shared) noex
       task.payload = std::string_view(in.get() + at + task_header_size, static_cast<std::size_t>(payload_size));
       task.worker = slot;
       at += task_header_size + static_cast<std::size_t>(payload_size);  // the payload stays where it is until the loop ends
+      clock.refresh();
       for (std::uint64_t k = 0; k < count; ++k) {
         const std::uint64_t id = first_id + k;
         task.seq = first_seq + k;
         task.fn = first_fn + k;
         arm_cpu_limit(opt);
-        const Clock::time_point begun = Clock::now();
-        shared->started_at_ns.store(std::chrono::duration_cast<std::chrono::nanoseconds>(begun.time_since_epoch()).count(),
-                                    std::memory_order_relaxed);
+        shared->started_at_ns.store(clock.start(), std::memory_order_relaxed);
         shared->started.store(id + 1, std::memory_order_release);
         worker_current_ticket = id;
         const bool remote = !remote_refused && shared->remote_allowed.load(std::memory_order_relaxed) != 0;
-        const RanTask ran = run_one(id, task, run, opt, frame, r, remote ? remote_min_size : no_remote, begun, &ring_out);
-        const Clock::time_point ended = ran.ended;
+        const std::size_t in_ring = run_one(id, task, run, opt, frame, r, clock, remote ? remote_min_size : no_remote, &ring_out);
         // Only the parent reads this pipe, so its byte count can grow during a task only if the
-        // task (or something it started) wrote to it. A task that ran for less time than a
-        // system call takes cannot have written anywhere: trivial tasks skip the look (itself a
-        // system call).
+        // task (or something it started) wrote to it. A task that took less time than a write to
+        // a pipe takes cannot have written there: trivial tasks skip the look (itself a system
+        // call).
         bool wrote_on_pipe = false;
-        if (ended - begun >= check_after) {
+        if (clock.could_have_written()) {
           const std::uint64_t now_written = bytes_ever_written(result_fd, shared);
           // A task that wrote there is the culprit of whatever the parent finds on the pipe. This
           // worker then leaves after that task's frame instead of starting another: however late
@@ -300,8 +274,8 @@ inline std::uint64_t bytes_ever_written(int result_fd, SharedBlock* shared) noex
           pipe_bytes = now_written;
         }
         flush_standard_streams();  // what the function printed appears even though the worker leaves by _exit
-        if (ran.in_ring) {
-          ring_out.commit(ran.in_ring);
+        if (in_ring) {
+          ring_out.commit(in_ring);
           bell_owed = true;
         } else if (frame_kind(frame) == frame_kind_remote) {
           // The big strings stay in r until the parent has copied them.
@@ -315,7 +289,7 @@ inline std::uint64_t bytes_ever_written(int result_fd, SharedBlock* shared) noex
           }
         }
         if (!r.result.is_null()) r.result = Value();
-        if (ran.in_ring || frame.empty()) {
+        if (in_ring || frame.empty()) {
           // published above, or delivered from the worker's memory
         } else if (ring_out.put(frame)) {
           bell_owed = true;
@@ -512,7 +486,7 @@ class Pool {
     SigchldDefault sigchld_default;
     signal_plan_ = SignalPlan::learn();
     bind_worker_calls();
-    syscall_time_floor();  // measured here, once, not in every worker
+    TaskClock::prepare();  // measured here, not in every worker
     target_workers_ = effective_workers(options_, feed_.size_hint());
     if (feed_.size_hint() && *feed_.size_hint() == 0) return;
 

@@ -93,8 +93,14 @@ inline FramePlan plan_result_frame(const Result& r, std::size_t remote_min = no_
   FramePlan p;
   p.duration = zigzag(static_cast<std::int64_t>(r.duration.count()));
   RemoteTally remote;
-  const std::size_t payload = frame_index_size + 1 + varint_size(p.duration) + varint_size(r.error.size()) +
-                              r.error.size() + encoded_size(r.result, 0, remote_min, &remote);
+  std::size_t value_size;
+  switch (r.result.type()) {  // the usual results without a call
+    case Value::Type::null: value_size = 1; break;
+    case Value::Type::integer: value_size = 1 + varint_size(zigzag(r.result.as<std::int64_t>())); break;
+    default: value_size = encoded_size(r.result, 0, remote_min, &remote);
+  }
+  const std::size_t payload =
+      frame_index_size + 1 + varint_size(p.duration) + varint_size(r.error.size()) + r.error.size() + value_size;
   p.size = frame_header_size + payload;
   p.full_size = payload + remote.extra();
   if (remote.strings) {
@@ -108,13 +114,20 @@ inline FramePlan plan_result_frame(const Result& r, std::size_t remote_min = no_
 inline void write_result_frame(const Result& r, const FramePlan& plan, char* out) {
   const FrameHeader h{frame_magic, frame_version, plan.kind, plan.size - frame_header_size};
   std::memcpy(out, &h, sizeof h);
-  Writer w(out + frame_header_size, plan.remote_min);
   const std::uint64_t index = r.index;
-  w.raw(&index, sizeof index);
+  std::memcpy(out + frame_header_size, &index, sizeof index);
+  Writer w(out + frame_header_size + sizeof index, plan.remote_min);
   w.byte(static_cast<std::uint8_t>(r.status));
   w.varint(plan.duration);
   w.text(r.error);
-  w.value(r.result);
+  switch (r.result.type()) {
+    case Value::Type::null: w.byte(static_cast<std::uint8_t>(Tag::null)); break;
+    case Value::Type::integer:
+      w.byte(static_cast<std::uint8_t>(Tag::integer));
+      w.varint(zigzag(r.result.as<std::int64_t>()));
+      break;
+    default: w.value(r.result);
+  }
 }
 
 /// Encodes r as a frame into out (resized to fit; its capacity is reused). Strings of remote_min

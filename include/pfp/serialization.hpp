@@ -233,20 +233,23 @@ class Reader {
       : p_(in.data()), end_(in.data() + in.size()), remote_(remote) {}
   std::size_t remaining() const noexcept { return static_cast<std::size_t>(end_ - p_); }
 
-  [[noreturn]] static void fail(const std::string& why) { throw error("pfp: malformed encoded data: " + why); }
+  [[noreturn]] PFP_DETAIL_COLD static void fail(const std::string& why) { throw error("pfp: malformed encoded data: " + why); }
+  [[noreturn]] PFP_DETAIL_COLD static void fail(const char* why) { fail(std::string(why)); }
 
+  // The checks are inline, what they say when they fail is not: decoding a frame is on the
+  // parent's path for every function.
   std::uint8_t byte() {
     if (p_ == end_) fail("unexpected end of input");
     return static_cast<std::uint8_t>(*p_++);
   }
   std::uint64_t varint() {
+    if (p_ != end_ && static_cast<std::uint8_t>(*p_) < 0x80) return static_cast<std::uint8_t>(*p_++);  // most are one byte
+    return long_varint();
+  }
+  std::uint64_t long_varint() {
     const auto* q = reinterpret_cast<const std::uint8_t*>(p_);
     const std::size_t left = remaining();
-    // Most numbers here take one to three bytes: those without a loop.
-    if (left >= 1 && q[0] < 0x80) {
-      p_ += 1;
-      return q[0];
-    }
+    // Two or three bytes without a loop.
     if (left >= 2 && q[1] < 0x80) {
       p_ += 2;
       return (q[0] & 0x7Fu) | std::uint64_t{q[1]} << 7;
@@ -270,10 +273,13 @@ class Reader {
     fail(n == 10 ? "varint overflows 64 bits" : "unexpected end of input");  // a 10th byte that says more follow, or the end
   }
   const char* take(std::uint64_t n) {
-    if (n > remaining()) fail("a length of " + std::to_string(n) + " exceeds the " + std::to_string(remaining()) + " bytes left");
+    if (n > remaining()) too_long(n);
     const char* p = p_;
     p_ += n;
     return p;
+  }
+  [[noreturn]] PFP_DETAIL_COLD void too_long(std::uint64_t n) const {
+    fail("a length of " + std::to_string(n) + " exceeds the " + std::to_string(remaining()) + " bytes left");
   }
   std::string_view text() {
     std::uint64_t n = varint();
