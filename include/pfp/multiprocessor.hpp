@@ -354,6 +354,7 @@ class MultiProcessor {
     detail::FeedRunner runner = [this](const detail::TaskView& task, Result& r) {
       const std::size_t i = static_cast<std::size_t>(task.fn);
       if (i >= tasks_.size()) throw error("pfp: worker was sent function index " + std::to_string(i) + " of " + std::to_string(tasks_.size()));
+      if (i + 4 < tasks_.size()) detail::prefetch(&tasks_[i + 4]);  // runs go through the functions in order
       if (tasks_[i].fills_result) r.function_name = tasks_[i].name;  // the others never see their Result
       r.index = i;
       tasks_[i].run(context_, r);

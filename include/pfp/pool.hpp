@@ -260,7 +260,8 @@ inline std::uint64_t bytes_ever_written(int result_fd, SharedBlock* shared) noex
         // a pipe takes cannot have written there: trivial tasks skip the look (itself a system
         // call).
         bool wrote_on_pipe = false;
-        if (clock.could_have_written()) {
+        const bool look = clock.could_have_written();
+        if (look) {
           const std::uint64_t now_written = bytes_ever_written(result_fd, shared);
           // A task that wrote there is the culprit of whatever the parent finds on the pipe. This
           // worker then leaves after that task's frame instead of starting another: however late
@@ -273,11 +274,13 @@ inline std::uint64_t bytes_ever_written(int result_fd, SharedBlock* shared) noex
           }
           pipe_bytes = now_written;
         }
-        flush_standard_streams();  // what the function printed appears even though the worker leaves by _exit
+        // What the function printed appears even though the worker leaves by _exit.
+        bool quiet = !flush_standard_streams() && !look;
         if (in_ring) {
           ring_out.commit(in_ring);
           bell_owed = true;
         } else if (frame_kind(frame) == frame_kind_remote) {
+          quiet = false;
           // The big strings stay in r until the parent has copied them.
           shared->remote_ack.store(remote_ack_waiting, std::memory_order_relaxed);
           send(frame.data(), frame.size());
@@ -294,6 +297,7 @@ inline std::uint64_t bytes_ever_written(int result_fd, SharedBlock* shared) noex
         } else if (ring_out.put(frame)) {
           bell_owed = true;
         } else {
+          quiet = false;
           send(frame.data(), frame.size());
         }
         if (frame.capacity() > ring_frame_limit) std::string().swap(frame);  // do not sit on a big result's memory
@@ -303,6 +307,7 @@ inline std::uint64_t bytes_ever_written(int result_fd, SharedBlock* shared) noex
           flush_stdio();
           leave(0);
         }
+        clock.chain(quiet && opt.cpu_limit.count() <= 0);  // what pfp's system calls in between take is nobody's run time
       }
       if (count > 1) ring_bell();  // the parent collects a run's results while the next one runs
     }
@@ -1002,6 +1007,7 @@ class Pool {
         // The common case, taken without the checks below: nothing waiting from the pipe, and the
         // ring holding the frames of the tasks at the front of the queue, in order.
         while (pipe_fresh && w.have == w.consumed && !from_ring.empty() && !w.queue.empty()) {
+          prefetch(from_ring.data() + 512);  // frames written on another core: ask for them early
           if (frame_index(from_ring) != w.queue.front()) break;
           Reader rd(from_ring.substr(frame_header_size + frame_index_size));
           decode_verdict(rd, result_of(w.queue.front()));

@@ -54,21 +54,39 @@ struct PutArea : std::streambuf {
 };
 
 /// Flushes what a function printed to stdout and stderr, cheaply when there is nothing to flush
-/// (it runs after every function in a worker).
-inline void flush_standard_streams() noexcept {
-#if defined(__GLIBC__) || defined(__linux__)
-  if (__fpending(stdout)) std::fflush(stdout);
-  if (__fpending(stderr)) std::fflush(stderr);
+/// (it runs after every function in a worker). Returns whether there was anything to flush.
+inline bool flush_standard_streams() noexcept {
+  bool flushed = false;
+#if defined(__GLIBC__)
+  // __fpending() without the call for byte-oriented streams (this runs after every function):
+  // glibc's FILE is public; wide-oriented ones keep their buffer elsewhere.
+  auto pending = [](FILE* f) { return f->_mode > 0 ? __fpending(f) != 0 : f->_IO_write_ptr != f->_IO_write_base; };
+  for (FILE* f : {stdout, stderr})
+    if (pending(f)) {
+      std::fflush(f);
+      flushed = true;
+    }
+#elif defined(__linux__)
+  for (FILE* f : {stdout, stderr})
+    if (__fpending(f)) {
+      std::fflush(f);
+      flushed = true;
+    }
 #else
   std::fflush(stdout);
   std::fflush(stderr);
+  flushed = true;
 #endif
   try {
     // std::cout has its own buffer only after std::ios::sync_with_stdio(false) (or with a
     // buffer of the program's own put in): flushing an empty one costs a virtual call and more.
-    if (PutArea::pending(std::cout.rdbuf())) std::cout.flush();
+    if (PutArea::pending(std::cout.rdbuf())) {
+      std::cout.flush();
+      flushed = true;
+    }
   } catch (...) {
   }
+  return flushed;
 }
 
 /// Flushes every stdio and iostream buffer so a forked child cannot print them a second time.

@@ -300,11 +300,11 @@ class Reader {
       switch (static_cast<Tag>(*p_)) {
         case Tag::null:
           ++p_;
-          out.data_.emplace<std::monostate>();
+          out.set_trivial<0>();
           return;
         case Tag::integer:
           ++p_;
-          out.data_.emplace<std::int64_t>(unzigzag(varint()));
+          out.set_trivial<2>(unzigzag(varint()));
           return;
         default: break;
       }

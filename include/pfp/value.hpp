@@ -13,6 +13,7 @@
 #include <initializer_list>
 #include <limits>
 #include <map>
+#include <new>
 #include <optional>
 #include <ostream>
 #include <string>
@@ -101,7 +102,9 @@ class Value {
   }
   Value& operator=(Value&& other) noexcept {
     if (this == &other) {
-    } else if (data_.index() <= 3) {
+    } else if (holds_scalar() && other.holds_scalar()) {
+      set_scalar(other);
+    } else if (holds_scalar()) {
       data_ = std::move(other.data_);  // null or a scalar: other cannot live inside it
     } else {
       Value taken(std::move(other));
@@ -363,7 +366,30 @@ class Value {
   };
 
  private:
-  std::variant<std::monostate, bool, std::int64_t, double, std::string, Bytes, Array, Object> data_;
+  using Data = std::variant<std::monostate, bool, std::int64_t, double, std::string, Bytes, Array, Object>;
+  Data data_;
+
+  // null, a bool, an integer or a double: alternatives with trivial destructors.
+  bool holds_scalar() const noexcept { return data_.index() <= 3; }
+  // Both hold scalars: the storage is reused without the variant's destructor and assignment,
+  // which dispatch through tables (a worker and the parent do this for every function). Ending the
+  // old alternative's lifetime without its destructor is allowed: a trivial one does nothing.
+  void set_scalar(const Value& other) noexcept {
+    switch (other.data_.index()) {
+      case 1: ::new (static_cast<void*>(&data_)) Data(std::in_place_index<1>, *std::get_if<1>(&other.data_)); break;
+      case 2: ::new (static_cast<void*>(&data_)) Data(std::in_place_index<2>, *std::get_if<2>(&other.data_)); break;
+      case 3: ::new (static_cast<void*>(&data_)) Data(std::in_place_index<3>, *std::get_if<3>(&other.data_)); break;
+      default: ::new (static_cast<void*>(&data_)) Data(); break;
+    }
+  }
+  // Sets null (I = 0) or an integer (I = 2), the same way when it holds a scalar.
+  template <std::size_t I, class... A>
+  void set_trivial(A... a) noexcept {
+    if (holds_scalar())
+      ::new (static_cast<void*>(&data_)) Data(std::in_place_index<I>, a...);
+    else
+      data_.template emplace<I>(a...);
+  }
 
   static const Object& empty_object() {
     static const Object o;

@@ -28,6 +28,15 @@
 namespace pfp {
 namespace detail {
 
+/// A hint that memory at p will be read soon; never faults, whatever p is.
+inline void prefetch(const void* p) noexcept {
+#if defined(__GNUC__) || defined(__clang__)
+  __builtin_prefetch(p);
+#else
+  (void)p;
+#endif
+}
+
 /// Fresh memory the parent is about to fill: transparent huge pages mean 512 times fewer page
 /// faults (and, for memory a fork shares, 512 times fewer entries to copy). A hint, for buffers of
 /// min_bytes or more; kernels without huge pages ignore it.
