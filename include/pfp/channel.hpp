@@ -36,6 +36,8 @@ inline constexpr std::size_t ring_capacity = std::size_t{1} << 20;  // a power o
 /// Frames larger than this always take the pipe, so one big result cannot monopolise the ring.
 inline constexpr std::size_t ring_frame_limit = ring_capacity / 4;
 
+// Each side's frequently written words have cache lines of their own: a worker writes `started`
+// and `produced` for every function, the parent `consumed` and the pipe counts for every batch.
 struct SharedBlock {
   std::atomic<std::uint64_t> started{0};
   std::atomic<std::int64_t> started_at_ns{0};  // steady_clock time the function began
@@ -44,7 +46,7 @@ struct SharedBlock {
   std::atomic<std::uint64_t> corrupted_by{0};
   // Bytes the parent has read from the result pipe, under a sequence count that is odd while a
   // read is in progress: with FIONREAD it gives the worker every byte ever written to the pipe.
-  std::atomic<std::uint64_t> pipe_read_seq{0};
+  alignas(64) std::atomic<std::uint64_t> pipe_read_seq{0};
   std::atomic<std::uint64_t> pipe_read_total{0};
   alignas(64) std::atomic<std::uint64_t> produced{0};  // bytes ever written to the ring
   alignas(64) std::atomic<std::uint64_t> consumed{0};  // bytes ever taken by the parent

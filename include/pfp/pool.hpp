@@ -1006,16 +1006,23 @@ class Pool {
         skip_doorbells(w);
         // The common case, taken without the checks below: nothing waiting from the pipe, and the
         // ring holding the frames of the tasks at the front of the queue, in order.
-        while (pipe_fresh && w.have == w.consumed && !from_ring.empty() && !w.queue.empty()) {
-          prefetch(from_ring.data() + 512);  // frames written on another core: ask for them early
-          if (frame_index(from_ring) != w.queue.front()) break;
-          Reader rd(from_ring.substr(frame_header_size + frame_index_size));
-          decode_verdict(rd, result_of(w.queue.front()));
-          w.ring.advance(from_ring.size());
-          accepted(w);
-          took = true;
-          if (retire_if_done(w)) return false;
-          from_ring = ring_frame(w);
+        // The worker's counter of bytes written is read once for all the frames it covers: the
+        // worker moves it after every function, so each look would wait for the other core.
+        if (pipe_fresh && w.have == w.consumed && !from_ring.empty()) {
+          std::size_t avail = w.ring.available();
+          while (!from_ring.empty() && !w.queue.empty()) {
+            prefetch(from_ring.data() + 512);  // frames written on another core: ask for them early
+            if (frame_index(from_ring) != w.queue.front()) break;
+            Reader rd(from_ring.substr(frame_header_size + frame_index_size));
+            decode_verdict(rd, result_of(w.queue.front()));
+            w.ring.advance(from_ring.size());
+            avail -= from_ring.size();
+            accepted(w);
+            took = true;
+            if (retire_if_done(w)) return false;
+            from_ring = ring_frame(w, avail);
+          }
+          if (from_ring.empty()) from_ring = ring_frame(w);
         }
         std::string_view from_pipe = pipe_frame(w);
         if (from_ring.empty() && from_pipe.empty()) break;
@@ -1094,8 +1101,9 @@ class Pool {
   }
 
   // The next whole frame in the worker's ring, or an empty view.
-  std::string_view ring_frame(Worker& w) {
-    std::size_t avail = w.ring.available();
+  std::string_view ring_frame(Worker& w) { return ring_frame(w, w.ring.available()); }
+  // ... of the `avail` bytes known to be there.
+  std::string_view ring_frame(Worker& w, std::size_t avail) {
     if (avail < frame_header_size) return {};
     std::string_view head = w.ring.peek(frame_header_size, scratch_);
     std::optional<std::size_t> size = frame_size(head, max_frame());
