@@ -161,7 +161,7 @@ class ChunkedList {
   ChunkedList& operator=(const ChunkedList&) = delete;
   ~ChunkedList() {
     for (std::size_t i = size_; i > 0; --i) (*this)[i - 1].~T();
-    for (std::size_t k = 0; k < chunks_.size(); ++k) std::allocator<T>().deallocate(chunks_[k], chunk_size(k));
+    for (std::size_t k = 0; k < chunks_.size(); ++k) release(chunks_[k], chunk_size(k));
   }
 
   template <class... A>
@@ -169,8 +169,7 @@ class ChunkedList {
     const std::size_t k = chunk_of(size_);
     if (k == chunks_.size()) {
       chunks_.reserve(k + 1);
-      chunks_.push_back(std::allocator<T>().allocate(chunk_size(k)));
-      advise_huge_pages(chunks_.back(), chunk_size(k) * sizeof(T), std::size_t{4} << 20);
+      chunks_.push_back(acquire(chunk_size(k)));
     }
     T* at = chunks_[k] + (size_ - chunk_start(k));
     ::new (static_cast<void*>(at)) T(std::forward<A>(args)...);
@@ -187,6 +186,23 @@ class ChunkedList {
 
  private:
   static constexpr std::size_t first = 16;
+  // Chunks of 2 MiB or more are aligned to 2 MiB and advised into huge pages: filling them then
+  // costs one page fault per 2 MiB, and forking a copy of one page-table entry.
+  static constexpr std::size_t huge = std::size_t{2} << 20;
+  static T* acquire(std::size_t n) {
+    const std::size_t bytes = n * sizeof(T);
+    if (bytes < huge) return std::allocator<T>().allocate(n);
+    void* p = ::operator new(bytes, std::align_val_t{huge});
+    advise_huge_pages(p, bytes, huge);
+    return static_cast<T*>(p);
+  }
+  static void release(T* p, std::size_t n) noexcept {
+    const std::size_t bytes = n * sizeof(T);
+    if (bytes < huge)
+      std::allocator<T>().deallocate(p, n);
+    else
+      ::operator delete(p, std::align_val_t{huge});
+  }
   static std::size_t chunk_of(std::size_t i) noexcept {
     const unsigned long long n = i / first;
 #if defined(__GNUC__) || defined(__clang__)
