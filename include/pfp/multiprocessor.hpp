@@ -407,7 +407,7 @@ class MultiProcessor {
  private:
   struct Task {
     template <class F>
-    Task(std::string n, bool fills, F&& f) : name(std::move(n)), run(std::forward<F>(f)), fills_result(fills) {}
+    Task(std::string&& n, bool fills, F&& f) : name(std::move(n)), run(std::forward<F>(f)), fills_result(fills) {}
     std::string name;
     detail::TaskCallable<Context> run;
     bool fills_result = false;  // takes the Result itself: it may read its name
