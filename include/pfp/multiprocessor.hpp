@@ -27,11 +27,11 @@ namespace detail {
 // Feeds registered functions 0..n-1 (fn == seq, nothing serialized: workers inherit them) and
 // files each Result at its index. The Results are made as their functions are handed out, so
 // making them overlaps with the workers' first runs instead of delaying them.
+template <class NameOf>
 class ListFeed final : public Feed {
  public:
   /// results is empty, with room reserved for n; name_of(i) is function i's name.
-  ListFeed(std::vector<Result>& results, std::size_t n, std::function<const std::string&(std::size_t)> name_of)
-      : results_(results), n_(n), name_of_(std::move(name_of)) {}
+  ListFeed(std::vector<Result>& results, std::size_t n, NameOf name_of) : results_(results), n_(n), name_of_(name_of) {}
   std::optional<Task> pull() override {
     if (next_ >= n_) return std::nullopt;
     make_results(next_ + 1);
@@ -80,7 +80,7 @@ class ListFeed final : public Feed {
   }
   std::vector<Result>& results_;
   std::size_t n_;
-  std::function<const std::string&(std::size_t)> name_of_;
+  NameOf name_of_;
   std::uint64_t next_ = 0;
 };
 
@@ -380,7 +380,8 @@ class MultiProcessor {
       detail::CancelState& state;
       ~CloseCancel() { state.close(); }
     } close_cancel{*cancel_};
-    detail::ListFeed feed(fresh, tasks_.size(), [this](std::size_t i) -> const std::string& { return tasks_[i].name; });
+    auto name_of = [this](std::size_t i) -> const std::string& { return tasks_[i].name; };
+    detail::ListFeed<decltype(name_of)> feed(fresh, tasks_.size(), name_of);
     detail::run_feed(runner, options_, feed, cancel_.get());
     hidden.reveal();  // results_ lives on, and a later run's workers may read it
     results_ = std::move(fresh);

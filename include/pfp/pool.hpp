@@ -27,6 +27,7 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <deque>
@@ -626,6 +627,8 @@ class Pool {
   std::exception_ptr consumer_error_;  // deliver(), amend() or stop_requested() threw: the run stops
   unsigned target_workers_ = 1;
   double mean_duration_ns_ = -1;  // running mean of what workers report, to size the pipeline
+  std::int64_t durations_ns_ = 0;  // durations reported since the mean was last updated ...
+  std::size_t durations_ = 0;      // ... and how many
   bool runs_seen_ = false;        // the feed gives runs of tasks
   std::string last_spawn_error_;
   SignalPlan signal_plan_;               // what a new worker resets of this thread's signal state
@@ -867,7 +870,19 @@ class Pool {
     return static_cast<unsigned>(depth);
   }
 
+  // Folds the durations reported since the last call into the running mean (each one weighing
+  // 1/8, as if added one by one): once per batch of results, not once per result.
+  void update_mean_duration() {
+    if (durations_ == 0) return;
+    const double batch = static_cast<double>(durations_ns_) / static_cast<double>(durations_);
+    const double kept = durations_ >= 64 ? 0.0 : std::pow(0.875, static_cast<double>(durations_));
+    mean_duration_ns_ = mean_duration_ns_ < 0 ? batch : mean_duration_ns_ * kept + batch * (1 - kept);
+    durations_ns_ = 0;
+    durations_ = 0;
+  }
+
   void dispatch() {
+    update_mean_duration();
     const unsigned limit = depth();
     for (auto& w : workers_) {
       if (!w->task_w || w->pid <= 0) continue;
@@ -1208,8 +1223,8 @@ class Pool {
     w.answered[w.answered_at++ % answered_kept] = {id, seq_of(id)};
     Result& r = result_of(id);
     r.pid = static_cast<int>(w.pid);
-    double ns = static_cast<double>(r.duration.count());
-    mean_duration_ns_ = mean_duration_ns_ < 0 ? ns : mean_duration_ns_ * 0.875 + ns * 0.125;
+    durations_ns_ += r.duration.count();
+    ++durations_;
     conclude(id);
   }
 
