@@ -195,15 +195,25 @@ def main():
             state = "n/a (not measured)" if met is None else ("**met**" if met else "**not met**")
         lines.append(f"{n}. {text}: {state} — {detail}")
 
-    # 1
-    g1 = r("py_pool_default_us", "pfp_trivial_total_us")
+    # 1: like for like, twice. Warm: execute_parallel() (which starts the workers itself) against
+    # Pool.map on a pool started beforehand. Cold: everything from nothing, pfp's registrations
+    # included, against Pool start-up + map + shut-down. Pool.map's inputs are a lazy range, so
+    # the warm comparison has nothing on the Python side to set against pfp's registrations: that
+    # mixed ratio is reported, not judged.
     g1run = r("py_pool_default_us", "pfp_trivial_run_us")
+    g1cold = r("py_pool_default_startup_us", "pfp_trivial_total_us")
+    g1mixed = r("py_pool_default_us", "pfp_trivial_total_us")
     g1ppe = r("py_ppe_c1_us", "pfp_trivial_total_us")
+    met1 = None if g1run is None or g1cold is None else (g1run >= 1.0 and g1cold >= 1.0 and (g1ppe is None or g1ppe > 400))
     goal(1, f"{sizes['trivial_n']} trivial functions faster per function than `multiprocessing.Pool(2).map` (default chunking)",
-         None if g1 is None else g1 >= 1.0,
-         f"Pool/pfp = {fmt_ratio(g1)}{spread('py_pool_default_us', 'pfp_trivial_total_us')} with registration included ({fmt_ratio(g1run)} for execute_parallel() "
-         f"alone; need ≥ 1×); pfp {fmt(v('pfp_trivial_total_us'))} µs vs Pool {fmt(v('py_pool_default_us'))} µs; "
-         f"ProcessPoolExecutor chunksize 1 / pfp = {fmt_ratio(g1ppe)} (the issue expects > 400×)")
+         met1,
+         f"warm: Pool.map / execute_parallel() = {fmt_ratio(g1run)}{spread('py_pool_default_us', 'pfp_trivial_run_us')} "
+         f"(pfp {fmt(v('pfp_trivial_run_us'))} µs, workers started inside, vs Pool {fmt(v('py_pool_default_us'))} µs on a "
+         f"pool started beforehand); cold: Pool start-up + map / registration + execute_parallel() = {fmt_ratio(g1cold)}"
+         f"{spread('py_pool_default_startup_us', 'pfp_trivial_total_us')} (pfp {fmt(v('pfp_trivial_total_us'))} µs vs "
+         f"{fmt(v('py_pool_default_startup_us'))} µs); need ≥ 1× both. Mixed, for reference: warm Pool.map / registration + "
+         f"execute_parallel() = {fmt_ratio(g1mixed)}{spread('py_pool_default_us', 'pfp_trivial_total_us')}. "
+         f"ProcessPoolExecutor chunksize 1 / pfp = {fmt_ratio(g1ppe)} (need > 400×)")
     # 2
     g2f = r("pfp_fork_us", "fork_us")
     g2p = r("py_pypfp_us", "pfp_fork_us")
