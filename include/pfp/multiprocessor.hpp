@@ -94,14 +94,16 @@ class TaskCallable {
 
   TaskCallable() noexcept = default;
   template <class F, std::enable_if_t<!std::is_same_v<std::decay_t<F>, TaskCallable>, int> = 0>
-  explicit TaskCallable(F&& f) {
-    using T = std::decay_t<F>;
+  explicit TaskCallable(F&& f) : TaskCallable(std::in_place_type<std::decay_t<F>>, std::forward<F>(f)) {}
+  /// Makes a T from a... in place.
+  template <class T, class... A>
+  explicit TaskCallable(std::in_place_type_t<T>, A&&... a) {
     if constexpr (sizeof(T) <= inline_size && alignof(T) <= alignof(std::max_align_t) &&
                   std::is_nothrow_move_constructible_v<T>) {
-      ::new (static_cast<void*>(storage_)) T(std::forward<F>(f));
+      ::new (static_cast<void*>(storage_)) T{std::forward<A>(a)...};
       ops_ = &inline_ops<T>;
     } else {
-      *reinterpret_cast<T**>(storage_) = new T(std::forward<F>(f));
+      *reinterpret_cast<T**>(storage_) = new T{std::forward<A>(a)...};
       ops_ = &heap_ops<T>;
     }
   }
@@ -264,21 +266,13 @@ class MultiProcessor {
                   "void f(const Context&, const A&, pfp::Result&) or R f(const Context&, const A&), "
                   "where Context is the MultiProcessor's context type and A the type of args");
     if constexpr (fills_result) {
-      tasks_.emplace_back(std::move(name), true, [f = Fn(std::move(f)), a = Arg(std::move(args))](
-                                                   const Context& ctx, Result& r) mutable { f(ctx, a, r); });
+      tasks_.emplace_back(std::move(name), true, std::in_place_type<FillsResult<Fn, Arg>>, std::move(f), std::move(args));
     } else {
       using R = std::invoke_result_t<Fn&, const Context&, const Arg&>;
       static_assert(std::is_void_v<R> || std::is_constructible_v<Value, R>,
                     "pfp::MultiProcessor::register_function: the function's return type cannot be converted to "
                     "pfp::Value; define void to_value(pfp::Value&, const T&) in the type's namespace");
-      tasks_.emplace_back(std::move(name), false, [f = Fn(std::move(f)), a = Arg(std::move(args))](
-                                                   const Context& ctx, Result& r) mutable {
-                              if constexpr (std::is_void_v<R>) {
-                                f(ctx, a);
-                              } else {
-                                r.result = Value(f(ctx, a));
-                              }
-                            });
+      tasks_.emplace_back(std::move(name), false, std::in_place_type<ReturnsValue<Fn, Arg>>, std::move(f), std::move(args));
     }
     return *this;
   }
@@ -406,9 +400,30 @@ class MultiProcessor {
   std::size_t size() const noexcept { return tasks_.size(); }
 
  private:
+  // What a registration keeps: the function and its arguments, made in place in the Task (a
+  // registration moves them once).
+  template <class Fn, class Arg>
+  struct FillsResult {
+    Fn f;
+    Arg a;
+    void operator()(const Context& ctx, Result& r) { f(ctx, a, r); }
+  };
+  template <class Fn, class Arg>
+  struct ReturnsValue {
+    Fn f;
+    Arg a;
+    void operator()(const Context& ctx, Result& r) {
+      if constexpr (std::is_void_v<std::invoke_result_t<Fn&, const Context&, const Arg&>>)
+        f(ctx, a);
+      else
+        r.result = Value(f(ctx, a));
+    }
+  };
+
   struct Task {
-    template <class F>
-    Task(std::string&& n, bool fills, F&& f) : name(std::move(n)), run(std::forward<F>(f)), fills_result(fills) {}
+    template <class T, class... A>
+    Task(std::string&& n, bool fills, std::in_place_type_t<T> callable, A&&... a)
+        : name(std::move(n)), run(callable, std::forward<A>(a)...), fills_result(fills) {}
     std::string name;
     detail::TaskCallable<Context> run;
     bool fills_result = false;  // takes the Result itself: it may read its name
