@@ -149,8 +149,8 @@ class TaskCallable {
     ops_ = nullptr;
   }
 
+  const Ops* ops_ = nullptr;  // first: a worker reads it and the callable together
   alignas(std::max_align_t) unsigned char storage_[inline_size];
-  const Ops* ops_ = nullptr;
 };
 
 // An append-only sequence whose elements never move: chunks of 16, 16, 32, 64, ... elements, so
@@ -364,7 +364,11 @@ class MultiProcessor {
     detail::FeedRunner runner = [this](const detail::TaskView& task, Result& r) {
       const std::size_t i = static_cast<std::size_t>(task.fn);
       if (i >= tasks_.size()) throw error("pfp: worker was sent function index " + std::to_string(i) + " of " + std::to_string(tasks_.size()));
-      if (i + 4 < tasks_.size()) detail::prefetch(&tasks_[i + 4]);  // runs go through the functions in order
+      if (i + 8 < tasks_.size()) {  // runs go through the functions in order
+        const char* ahead = reinterpret_cast<const char*>(&tasks_[i + 8]);
+        detail::prefetch(ahead);
+        detail::prefetch(ahead + 64);
+      }
       if (tasks_[i].fills_result) r.function_name = tasks_[i].name;  // the others never see their Result
       r.index = i;
       tasks_[i].run(context_, r);
@@ -423,10 +427,11 @@ class MultiProcessor {
   struct Task {
     template <class T, class... A>
     Task(std::string&& n, bool fills, std::in_place_type_t<T> callable, A&&... a)
-        : name(std::move(n)), run(callable, std::forward<A>(a)...), fills_result(fills) {}
-    std::string name;
+        : run(callable, std::forward<A>(a)...), fills_result(fills), name(std::move(n)) {}
+    // What a worker reads of a Task first, within its first two cache lines.
     detail::TaskCallable<Context> run;
     bool fills_result = false;  // takes the Result itself: it may read its name
+    std::string name;
   };
 
   Context context_;
