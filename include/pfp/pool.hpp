@@ -606,7 +606,8 @@ class Pool {
   static constexpr auto ring_check_interval = std::chrono::milliseconds(2);
   static constexpr std::size_t read_chunk = std::size_t{1} << 16;
   static constexpr std::size_t out_limit = std::size_t{1} << 20;  // payload bytes queued per worker
-  // A ticket is (generation << slot_bits) | slot: small numbers, so short varints in frames.
+  // A ticket is (generation << slot_bits) | slot, never reused within a run; a task's id is its
+  // slot's ticket shifted by run_bits plus its place in the slot's run.
   static constexpr unsigned slot_bits = 20;
   static constexpr std::uint64_t slot_mask = (std::uint64_t{1} << slot_bits) - 1;
 
