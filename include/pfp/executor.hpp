@@ -277,11 +277,14 @@ class Executor {
     }
   }
 
-  /// Starts the workers. Called by the first submit() if not before. Throws pfp::error if no
-  /// worker can be started (processes) or after shutdown().
+  /// Starts the workers. Called by the first submit() if not before. With the processes backend
+  /// it returns once the workers are forked, so threads created after start() never run while
+  /// one is (a lock such a thread held at that moment would stay locked in the worker). Workers
+  /// started later (to replace one that died or left) are forked while other threads run.
+  /// Throws pfp::error if no worker can be started (processes) or after shutdown().
   void start() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    start_locked();
+    std::unique_lock<std::mutex> lock(mutex_);
+    start_locked(lock);
   }
 
   /// Queues f(args...) and returns its Future. Blocks while ExecutorOptions::max_queued
@@ -420,6 +423,13 @@ class Executor {
       return ex_.waiting_.empty() && (ex_.closed_ || ex_.draining_inline_);
     }
     int wake_fd() const override { return ex_.wake_read_.get(); }
+    void workers_started() override {
+      {
+        std::lock_guard<std::mutex> lock(ex_.mutex_);
+        ex_.workers_forked_ = true;
+      }
+      ex_.forked_cv_.notify_all();
+    }
     void deliver(std::uint64_t seq, Result&& r) override {
       std::shared_ptr<detail::FutureState> state;
       {
@@ -441,7 +451,7 @@ class Executor {
     std::uint64_t base_ = 0;
   };
 
-  void start_locked() {
+  void start_locked(std::unique_lock<std::mutex>& lock) {
     if (started_) {
       if (failure_) throw error("pfp::Executor: the pool has failed: " + *failure_);
       if (closed_) throw error("pfp::Executor: the executor was shut down or closed; create a new one");
@@ -456,6 +466,9 @@ class Executor {
     if (options_.backend == Backend::inline_) return;  // runs in submit()
     cancel_state_.open();
     runner_ = std::thread([this] { run_pool(); });
+    if (options_.backend != Backend::processes) return;
+    forked_cv_.wait(lock, [&] { return workers_forked_ || failure_; });
+    if (failure_) throw error("pfp::Executor: the pool has failed: " + *failure_);
   }
 
   void run_pool() {
@@ -472,6 +485,7 @@ class Executor {
     cancel_state_.close();
     completed_cv_.notify_all();
     space_cv_.notify_all();
+    forked_cv_.notify_all();
   }
 
   detail::FeedRunner task_runner() {
@@ -485,9 +499,9 @@ class Executor {
     auto state = std::make_shared<detail::FutureState>();
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      if (closed_ && started_) start_locked();  // throws the reason
+      if (closed_ && started_) start_locked(lock);  // throws the reason
       if (closed_) throw error("pfp::Executor::submit: the executor was closed; no more submissions are taken");
-      start_locked();
+      start_locked(lock);
       if (queue_options_.max_queued) {
         space_cv_.wait(lock, [&] { return closed_ || outstanding_locked() < queue_options_.max_queued; });
         if (closed_) throw error("pfp::Executor::submit: the executor was closed while this submission waited for room");
@@ -572,6 +586,8 @@ class Executor {
   std::mutex mutex_;
   std::condition_variable space_cv_;      // room in the queue
   std::condition_variable completed_cv_;  // a Result for next_completed(), or the end
+  std::condition_variable forked_cv_;     // the pool forked its first workers (or failed)
+  bool workers_forked_ = false;
   std::priority_queue<Waiting> waiting_;
   std::unordered_map<std::uint64_t, Pulled> pulled_;
   std::deque<Result> completed_;

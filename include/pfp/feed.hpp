@@ -64,6 +64,11 @@ class Feed {
   /// never waits (finished() is true whenever pull() returns nullopt). pull() drains it.
   virtual int wake_fd() const { return -1; }
 
+  /// The process backend has forked the workers it starts with (called once per run; not when it
+  /// could start none: the run then fails). A feed fed from other threads can hold them back until
+  /// then: a fork while another thread holds a lock leaves that lock held in the worker.
+  virtual void workers_started() {}
+
   /// Tasks the feed knows it will give, if known (used to start no more workers than needed).
   virtual std::optional<std::size_t> size_hint() const { return std::nullopt; }
 

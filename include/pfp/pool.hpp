@@ -497,6 +497,13 @@ class Pool {
     if (feed_.size_hint() && *feed_.size_hint() == 0) return;
 
     spawn_missing();
+    if (!workers_.empty()) {
+      try {
+        feed_.workers_started();
+      } catch (...) {
+        consumer_failed();
+      }
+    }
     if (workers_.empty()) {
       feed_.drop_rest("not run: could not start a worker process: " + last_spawn_error_);
       throw error("pfp: could not start any worker process: " + last_spawn_error_);
