@@ -45,7 +45,9 @@ struct Result {
   Value result;                         ///< what the function produced (null if nothing)
   std::string error;                    ///< empty when ok; otherwise names the cause
   int pid = 0;                          ///< the worker process that ran it (0 if it never ran)
-  std::chrono::nanoseconds duration{};  ///< how long the function itself ran, measured in the worker
+  /// How long the function itself ran, measured in the worker (for functions of a few nanoseconds
+  /// run back to back, the few dozen nanoseconds pfp spends between two of them included).
+  std::chrono::nanoseconds duration{};
   unsigned attempts = 0;                ///< times the function was started (more than 1 after retries)
 
   bool ok() const noexcept { return status == Status::ok; }
