@@ -132,7 +132,11 @@ TEST_CASE("runs: cancel() while runs are in flight accounts for every function",
       return static_cast<long long>(i);
     });
   std::thread canceller([&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    // Once the run is under way (its workers exist), and a little into it.
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (pfp_fault::child_pids().empty() && std::chrono::steady_clock::now() < give_up)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
     mp.cancel();
   });
   const auto t0 = std::chrono::steady_clock::now();
