@@ -46,7 +46,7 @@ class TaskClock {
     Calibration& c = calibration();
     learn_rate(c);
     ns_per_tick_ = c.ns_per_tick.load(std::memory_order_relaxed);
-    if (ns_per_tick_ > 0) reanchor(steady_ns(), ticks());
+    if (ns_per_tick_ > 0) reanchor();
   }
 
   /// A task starts now: returns when, in steady_clock nanoseconds. With the counter, a task that
@@ -55,7 +55,8 @@ class TaskClock {
   std::int64_t start() noexcept {
     if (ns_per_tick_ > 0) {
       start_ticks_ = chained_ ? last_stop_ticks_ : ticks();
-      start_ns_ = anchor_ns_ + static_cast<std::int64_t>(static_cast<double>(start_ticks_ - anchor_ticks_) * ns_per_tick_);
+      if (start_ticks_ - anchor_ticks_ > span_ticks_) reanchor();  // scaled over at most 1 ms
+      start_ns_ = anchor_ns_ + scaled(start_ticks_, anchor_ticks_);
     } else {
       start_ns_ = steady_ns();
     }
@@ -71,9 +72,8 @@ class TaskClock {
       const std::uint64_t took = now - start_ticks_;
       could_write_ = now < start_ticks_ || took >= c.write_floor_ticks;
       if (now < start_ticks_ || took >= long_ticks_) {  // a long task: back to steady_clock's own count
-        const std::int64_t end = steady_ns();
-        reanchor(end, now);
-        return end - start_ns_;
+        reanchor();
+        return std::max<std::int64_t>(0, anchor_ns_ - start_ns_);
       }
       return static_cast<std::int64_t>(static_cast<double>(took) * ns_per_tick_);
     }
@@ -154,29 +154,59 @@ class TaskClock {
     if (write_ns == never_ns) return;
     c.write_floor_ns = read_ns + (write_ns - std::min(read_ns, write_ns)) / 2;
     c.write_floor_ticks = read_ticks + (write_ticks - std::min(read_ticks, write_ticks)) / 2;
-    c.anchor_ns = steady_ns();
-    c.anchor_ticks = ticks();
+    read_pair(c.anchor_ns, c.anchor_ticks);
+  }
+
+  // A steady_clock reading and the counter's reading at the same moment: of four tries, the one
+  // whose two counter readings around it are closest (a preemption between the two clocks would
+  // skew the rate and every time scaled with it).
+  static void read_pair(std::int64_t& ns, std::uint64_t& at) noexcept {
+    std::uint64_t best = std::numeric_limits<std::uint64_t>::max();
+    for (int i = 0; i < 4; ++i) {
+      const std::uint64_t k0 = ticks();
+      const std::int64_t t = steady_ns();
+      const std::uint64_t k1 = ticks();
+      if (k1 >= k0 && k1 - k0 < best) {
+        best = k1 - k0;
+        ns = t;
+        at = k0 + best / 2;
+      }
+    }
+    if (best == std::numeric_limits<std::uint64_t>::max()) {  // the counter went back: take what there is
+      ns = steady_ns();
+      at = ticks();
+    }
   }
 
   // The counter's rate, from the anchor to now, once they are 2 ms apart or more.
   static void learn_rate(Calibration& c) noexcept {
     if (!c.counter || c.ns_per_tick.load(std::memory_order_relaxed) > 0 || c.anchor_ns == 0) return;
-    const std::uint64_t k = ticks();
-    const std::int64_t t = steady_ns();
-    if (t - c.anchor_ns < 2'000'000 || k <= c.anchor_ticks) return;
+    if (steady_ns() - c.anchor_ns < 2'000'000) return;
+    std::int64_t t;
+    std::uint64_t k;
+    read_pair(t, k);
+    if (k <= c.anchor_ticks) return;
     c.ns_per_tick.store(static_cast<double>(t - c.anchor_ns) / static_cast<double>(k - c.anchor_ticks), std::memory_order_relaxed);
   }
 
-  void reanchor(std::int64_t ns, std::uint64_t at) noexcept {
-    anchor_ns_ = ns;
-    anchor_ticks_ = at;
-    long_ticks_ = static_cast<std::uint64_t>(10'000.0 / ns_per_tick_);  // 10 us
+  void reanchor() noexcept {
+    read_pair(anchor_ns_, anchor_ticks_);
+    long_ticks_ = static_cast<std::uint64_t>(10'000.0 / ns_per_tick_);      // 10 us
+    span_ticks_ = static_cast<std::uint64_t>(1'000'000.0 / ns_per_tick_);  // 1 ms
+  }
+
+  // Nanoseconds from `from` to `to` (either may come first: the anchor is read after the start of
+  // a task that follows another).
+  std::int64_t scaled(std::uint64_t to, std::uint64_t from) const noexcept {
+    const double d = to >= from ? static_cast<double>(to - from) : -static_cast<double>(from - to);
+    return static_cast<std::int64_t>(d * ns_per_tick_);
   }
 
   double ns_per_tick_ = 0;
   std::int64_t anchor_ns_ = 0;
   std::uint64_t anchor_ticks_ = 0;
   std::uint64_t long_ticks_ = 0;
+  std::uint64_t span_ticks_ = 0;
   std::uint64_t start_ticks_ = 0;
   std::int64_t start_ns_ = 0;
   std::uint64_t last_stop_ticks_ = 0;
