@@ -2,8 +2,8 @@
 """Turns the RESULT lines of bench/run.sh's runs into the Markdown table and goal checklist.
 
 Usage: aggregate.py [--quick] <results dir>
-The directory holds run<N>.floors.txt, run<N>.pfp.txt, run<N>.python.txt (any may be missing) and
-machine.txt. Values are medians over runs; ratios are computed within each run (the floor, pfp and
+The directory holds run<N>.floors.txt, run<N>.pfp.txt, run<N>.python.txt, run<N>.makespan.txt (any
+may be missing) and machine.txt. Values are medians over runs; ratios are computed within each run (the floor, pfp and
 Python figures of one run were measured back to back) and their median is reported.
 """
 import glob
@@ -257,7 +257,80 @@ def main():
     fails = [r_.get("pfp_failures") for r_ in runs if "pfp_failures" in r_]
     if any(fails):
         print(f"\npfp correctness failures in the runs: {fails}")
+    makespan_section(runs, quick)
     return 0
+
+
+# Issue 15 (bench/makespan.cpp): makespan of heterogeneous runs on 2 workers. Per case: key, label.
+# {n}, {max}, {min} are filled from the runs (tasks, longest and shortest nominal task).
+MAKESPAN_CASES = [
+    ("long_first", "one {max} task first, then 1 ms ones ({n} tasks)"),
+    ("long_middle", "one {max} task in the middle of 1 ms ones ({n} tasks)"),
+    ("long_last", "1 ms tasks, then one {max} task ({n} tasks)"),
+    ("pareto", "Pareto mix, mean 0.5 ms, {min}–{max} ({n} tasks)"),
+    ("decreasing", "decreasing durations, {max} down to {min} ({n} tasks)"),
+    ("tiny", "busy tasks of {min} ({n} tasks)"),
+]
+
+
+def duration_text(us):
+    if us is None:
+        return "?"
+    if us >= 1e6:
+        return f"{us / 1e6:g} s"
+    if us >= 1e3:
+        return f"{us / 1e3:.3g} ms"
+    return f"{us:.3g} µs"
+
+
+def makespan_section(runs, quick):
+    if not any(k.startswith("mk_") for r_ in runs for k in r_):
+        return
+
+    def v(key):
+        return med(values(runs, key))
+
+    def spread(key):
+        vs = values(runs, key)
+        return f" [runs: {fmt_ratio(min(vs))}–{fmt_ratio(max(vs))}]" if len(vs) > 1 else ""
+
+    print("\n### Makespan of heterogeneous runs on 2 workers (issue 15)\n")
+    print("Busy-wait tasks (a spin on steady_clock), registered in the order given. **list bound**: greedy "
+          "list scheduling in submission order on 2 machines with zero overhead, on the durations pfp "
+          "measured (`Result::duration`) — the best any first-come pool can do. pfp: wall time of "
+          "`execute_parallel()` (registration excluded), `workers = 2`. OpenMP: `parallel for "
+          "schedule(dynamic) num_threads(2)` over the same tasks right after, in the same process, against "
+          "the list bound of the durations its threads measured. Values and ratios: medians over the runs "
+          "(each ratio taken within its run).\n")
+    print(f"For reference: fork + `_exit` + waitpid {fmt(v('mk_fork_exit_wait_us'))} µs; first write to a fresh "
+          f"4 KiB page {fmt(v('mk_page_touch_us'))} µs.\n")
+    print("| case | pfp (ms) | list bound (ms) | pfp/bound | OpenMP (ms) | OpenMP/its bound | pfp/OpenMP |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    goals = []
+    for i, (name, label) in enumerate(MAKESPAN_CASES, 1):
+        k = f"mk_{name}_"
+        n, lo, hi = v(k + "n"), v(k + "min_task_us"), v(k + "max_task_us")
+        if n is None:
+            continue
+        text = label.format(n=size_text(n, "count"), min=duration_text(lo), max=duration_text(hi))
+        ratio, oratio, po = v(k + "ratio"), v(k + "omp_ratio"), v(k + "pfp_vs_omp")
+        print(f"| {name}: {text} | {fmt(v(k + 'pfp_ms'))} | {fmt(v(k + 'bound_ms'))} | {fmt_ratio(ratio)} | "
+              f"{fmt(v(k + 'omp_ms'))} | {fmt_ratio(oratio)} | {fmt_ratio(po)} |")
+        limit = 1.05 if lo is not None and lo >= 100 else 1.25
+        state = "n/a (not measured)" if ratio is None else ("**met**" if ratio <= limit else "**not met**")
+        goals.append(f"{i}. {name} ({text}) within {limit:.2f}× of the list bound: {state} — pfp/bound = "
+                     f"{fmt_ratio(ratio)}{spread(k + 'ratio')} (pfp {fmt(v(k + 'pfp_ms'))} ms, bound "
+                     f"{fmt(v(k + 'bound_ms'))} ms); OpenMP/its bound = {fmt_ratio(oratio)}{spread(k + 'omp_ratio')}, "
+                     f"pfp/OpenMP = {fmt_ratio(po)}")
+    print("\n### Goals (issue 15): makespan within 1.05× of the list bound where every task takes 100 µs or "
+          "more, within 1.25× for the 20 µs tasks\n")
+    if quick:
+        print("_Quick mode: the cases are shrunk (e.g. 100 ms instead of 2 s, 200 tasks instead of 4,000) to "
+              "check that they run and that every Result is ok; the verdicts below are not meaningful._\n")
+    print("\n".join(goals))
+    fails = [r_.get("mk_failures") for r_ in runs if "mk_failures" in r_]
+    if any(fails):
+        print(f"\nmakespan correctness failures in the runs: {fails}")
 
 
 if __name__ == "__main__":

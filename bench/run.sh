@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # pfp's benchmark suite (issue 6): builds bench/floors.c and bench/pfp_bench.cpp with -O2, runs the
 # hand-written floors, pfp and the Python baselines (when python3 is present) N times, and prints
-# a Markdown table of medians with a goal checklist.
+# a Markdown table of medians with a goal checklist. Also bench/makespan.cpp (issue 15: makespan of
+# heterogeneous runs against the list-scheduling bound and OpenMP; built with -fopenmp, or
+# without its OpenMP part where the compiler cannot, e.g. clang without libomp-14-dev).
 #
 #   bench/run.sh [--quick] [--runs N] [--out DIR]
 #
@@ -24,7 +26,7 @@ while [[ $# -gt 0 ]]; do
     --quick) quick=1 ;;
     --runs) runs="${2:?--runs needs a number}"; shift ;;
     --out) out="${2:?--out needs a directory}"; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -58,6 +60,18 @@ echo "== build ($CC, $CXX, -O2)" >&2
 # shellcheck disable=SC2086
 "$CXX" -O2 -std=c++17 -Wall -Wextra -I"$include" ${BENCH_CXXFLAGS:-} -o "$build/pfp_bench" "$here/pfp_bench.cpp" ||
   { echo "run.sh: building pfp_bench failed" >&2; exit 1; }
+# makespan.cpp with OpenMP where the compiler has it (a probe first, so a compile error in the
+# benchmark itself is reported as such), else without its OpenMP part.
+openmp=(-fopenmp)
+if ! printf '#include <omp.h>\nint main() { return omp_get_max_threads() > 0 ? 0 : 1; }\n' |
+     "$CXX" -fopenmp -x c++ - -o "$build/openmp-probe" 2>"$build/openmp-probe.err"; then
+  echo "run.sh: $CXX cannot build with -fopenmp ($(head -1 "$build/openmp-probe.err"); for clang: apt-get install" \
+       "libomp-14-dev): bench/makespan.cpp runs without its OpenMP part" >&2
+  openmp=()
+fi
+# shellcheck disable=SC2086
+"$CXX" -O2 -std=c++17 -Wall -Wextra ${openmp[@]+"${openmp[@]}"} -I"$include" ${BENCH_CXXFLAGS:-} -o "$build/makespan" \
+  "$here/makespan.cpp" || { echo "run.sh: building makespan failed" >&2; exit 1; }
 
 commit="$(git -C "$here/.." rev-parse --short HEAD 2>/dev/null || echo unknown)"
 dirty=""
@@ -67,6 +81,7 @@ dirty=""
        "$(free -g 2>/dev/null | awk '/^Mem:/ {print $2 " GiB RAM"}')"
   echo "Compilers: $("$CXX" --version | head -1); $("$CC" --version | head -1)"
   if [[ $have_python == 1 ]]; then echo "Python: $("$PYTHON" --version 2>&1)"; else echo "Python: not found (column empty)"; fi
+  if ((${#openmp[@]})); then echo "OpenMP (makespan): $CXX -fopenmp"; else echo "OpenMP (makespan): not available, its columns empty"; fi
   [[ -n "${PFP_INCLUDE:-}" ]] && { commit="headers from $include"; dirty=""; }
   echo "pfp: $commit$dirty; mode: $([[ $quick == 1 ]] && echo quick || echo full), $runs run(s); $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "Load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -100,6 +115,7 @@ for ((i = 1; i <= runs; i++)); do
     run_one floors "$i" "$build/floors" ${qflag[@]+"${qflag[@]}"}
   fi
   [[ $have_python == 1 ]] && run_one python "$i" "$PYTHON" "$here/python_baselines.py" ${qflag[@]+"${qflag[@]}"}
+  run_one makespan "$i" "$build/makespan" ${qflag[@]+"${qflag[@]}"}
 done
 echo "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg); the runs took $((SECONDS - start)) s" >>"$out/machine.txt"
 echo >>"$out/machine.txt"
