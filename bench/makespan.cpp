@@ -24,7 +24,10 @@
 // Every figure is one line `RESULT <key> <value> <unit>` (see bench/aggregate.py); per case <c>:
 //   mk_<c>_n, mk_<c>_min_task_us, mk_<c>_max_task_us, mk_<c>_work_ms (nominal durations),
 //   mk_<c>_pfp_ms, mk_<c>_bound_ms, mk_<c>_ratio (pfp / bound),
-//   mk_<c>_omp_ms, mk_<c>_omp_bound_ms, mk_<c>_omp_ratio (omp / its bound), mk_<c>_pfp_vs_omp.
+//   mk_<c>_omp_ms, mk_<c>_omp_bound_ms, mk_<c>_omp_ratio (omp / its bound), mk_<c>_pfp_vs_omp;
+//   and, to tell a loaded machine: mk_<c>_pfp_workers_cpu_share (CPU time of pfp's workers / (2 x
+//   its makespan); 1 = two CPUs all the time), mk_<c>_pfp_parent_cpu_ms (CPU time of this process
+//   during execute_parallel()), mk_<c>_omp_cpu_share (CPU time of this process / (2 x omp makespan)).
 // First, for reference: mk_fork_exit_wait_us (fork + child _exit + waitpid, one at a time, median)
 // and mk_page_touch_us (first write to a fresh anonymous 4 KiB page, per page, median of runs).
 // A human-readable `CASE` line per case (with the 1-minute load average when it started); `FAIL`
@@ -48,6 +51,7 @@
 #include <vector>
 
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -89,6 +93,15 @@ std::string loadavg() {
     std::fclose(f);
   }
   return s.substr(0, s.find(' '));
+}
+
+// CPU time used so far by this process (RUSAGE_SELF) or by its reaped children (RUSAGE_CHILDREN:
+// pfp's workers, all reaped when execute_parallel() returns), in milliseconds.
+double cpu_ms(int who) {
+  rusage u{};
+  getrusage(who, &u);
+  auto ms = [](const timeval& t) { return static_cast<double>(t.tv_sec) * 1e3 + static_cast<double>(t.tv_usec) / 1e3; };
+  return ms(u.ru_utime) + ms(u.ru_stime);
 }
 
 double median(std::vector<double> v) {
@@ -216,7 +229,7 @@ void run_case(const Case& c) {
   pfp::Options o;
   o.workers = 2;
   o.threads = pfp::ThreadPolicy::allow;  // after the first OpenMP region its idle pool thread exists
-  double pfp_ms = 0, bound_ms = 0, measured_ms = 0;
+  double pfp_ms = 0, bound_ms = 0, measured_ms = 0, pfp_parent_cpu = 0, pfp_workers_cpu = 0;
   bool pfp_ok = true;
   {
     pfp::MultiProcessor<> mp(pfp::Value{}, o);
@@ -225,9 +238,12 @@ void run_case(const Case& c) {
         spin(g_dur[i]);
         return static_cast<long long>(i);
       });
+    const double self0 = cpu_ms(RUSAGE_SELF), children0 = cpu_ms(RUSAGE_CHILDREN);
     const Clock::time_point t0 = Clock::now();
     const std::vector<pfp::Result>& rs = mp.execute_parallel();
     pfp_ms = ms_since(t0);
+    pfp_parent_cpu = cpu_ms(RUSAGE_SELF) - self0;
+    pfp_workers_cpu = cpu_ms(RUSAGE_CHILDREN) - children0;
     if (rs.size() != n) {
       fail(std::string(c.name) + ": " + std::to_string(rs.size()) + " results for " + std::to_string(n) + " functions");
       pfp_ok = false;
@@ -254,19 +270,23 @@ void run_case(const Case& c) {
     result(k + "pfp_ms", pfp_ms, "ms");
     result(k + "bound_ms", bound_ms, "ms");
     result(k + "ratio", pfp_ms / bound_ms, "x");
+    result(k + "pfp_workers_cpu_share", pfp_workers_cpu / (2 * pfp_ms), "fraction");
+    result(k + "pfp_parent_cpu_ms", pfp_parent_cpu, "ms");
   }
 
   // OpenMP, same tasks, same process
-  double omp_ms = 0, omp_bound_ms = 0, omp_measured_ms = 0;
+  double omp_ms = 0, omp_bound_ms = 0, omp_measured_ms = 0, omp_cpu = 0;
   bool have_omp = false;
 #ifdef _OPENMP
   {
     std::vector<std::int64_t> took(n, -1);
     const long long count = static_cast<long long>(n);
+    const double self0 = cpu_ms(RUSAGE_SELF);
     const Clock::time_point t0 = Clock::now();
 #pragma omp parallel for schedule(dynamic) num_threads(2)
     for (long long i = 0; i < count; ++i) took[static_cast<std::size_t>(i)] = spin(g_dur[static_cast<std::size_t>(i)]);
     omp_ms = ms_since(t0);
+    omp_cpu = cpu_ms(RUSAGE_SELF) - self0;
     std::vector<double> dur(n);
     for (std::size_t i = 0; i < n; ++i) {
       dur[i] = static_cast<double>(took[i]) / 1e6;
@@ -280,16 +300,18 @@ void run_case(const Case& c) {
     result(k + "omp_ms", omp_ms, "ms");
     result(k + "omp_bound_ms", omp_bound_ms, "ms");
     result(k + "omp_ratio", omp_ms / omp_bound_ms, "x");
+    result(k + "omp_cpu_share", omp_cpu / (2 * omp_ms), "fraction");
     if (pfp_ok) result(k + "pfp_vs_omp", pfp_ms / omp_ms, "x");
   }
 #endif
 
   std::printf("CASE %-11s %7zu tasks (%s): pfp %.1f ms, list bound %.1f ms (measured work %.1f ms, nominal %.1f ms), "
-              "ratio %.3f",
-              c.name, n, c.what, pfp_ms, bound_ms, measured_ms, work / 1e6, bound_ms > 0 ? pfp_ms / bound_ms : 0.0);
+              "ratio %.3f, workers had %.0f %% of 2 CPUs, parent used %.0f ms CPU",
+              c.name, n, c.what, pfp_ms, bound_ms, measured_ms, work / 1e6, bound_ms > 0 ? pfp_ms / bound_ms : 0.0,
+              pfp_ms > 0 ? 100 * pfp_workers_cpu / (2 * pfp_ms) : 0.0, pfp_parent_cpu);
   if (have_omp)
-    std::printf("; omp %.1f ms, its bound %.1f ms (measured work %.1f ms), ratio %.3f; pfp/omp %.3f", omp_ms,
-                omp_bound_ms, omp_measured_ms, omp_ms / omp_bound_ms, pfp_ms / omp_ms);
+    std::printf("; omp %.1f ms, its bound %.1f ms (measured work %.1f ms), ratio %.3f, had %.0f %% of 2 CPUs; pfp/omp %.3f",
+                omp_ms, omp_bound_ms, omp_measured_ms, omp_ms / omp_bound_ms, 100 * omp_cpu / (2 * omp_ms), pfp_ms / omp_ms);
   else
     std::printf("; omp not run");
   std::printf("; load average %s\n", load.c_str());
