@@ -4,7 +4,7 @@
 #include "pfp_catch.hpp"
 #include "test_support.hpp"
 
-#include <pfp/backend.hpp>
+#include <pfp/detail/local_backends.hpp>
 
 #include <fcntl.h>
 #include <unistd.h>

@@ -62,25 +62,18 @@ TEST_CASE("map: results in input order even when items finish out of order", "[m
   for (std::size_t i = 0; i < items.size(); ++i) CHECK(squares[i] == items[i] * items[i]);
 }
 
-TEST_CASE("map: chunksize 1, 3 and larger than the input give the same results", "[map]") {
+TEST_CASE("map: every item is a task of its own, whatever chunksize says (even past the item count)", "[map]") {
   const std::vector<int> items = iota_vector(10);
   auto f = [](int x) { return std::to_string(x) + "!"; };
-  for (std::size_t chunk : {std::size_t{1}, std::size_t{3}, std::size_t{1000}, std::size_t{0}}) {
+  for (std::size_t chunk : {std::size_t{1}, std::size_t{3}, std::size_t{1000}, std::size_t{0}, static_cast<std::size_t>(-1)}) {
     INFO("chunksize " << chunk);
     std::vector<pfp::Result> rs = pfp::map_results(map_options(2, chunk), f, items);
     REQUIRE(rs.size() == 10u);
-    std::set<int> pids;
     for (std::size_t i = 0; i < rs.size(); ++i) {
       CHECK(rs[i].ok());
       CHECK(rs[i].index == i);
+      CHECK(rs[i].attempts == 1u);
       CHECK(rs[i].result.as<std::string>() == std::to_string(i) + "!");
-      pids.insert(rs[i].pid);
-    }
-    if (chunk == 1000) CHECK(pids.size() == 1u);  // one chunk: one task, one worker
-    if (chunk == 3) {
-      // items of one chunk ran in one process
-      for (std::size_t c = 0; c < 10; c += 3)
-        for (std::size_t i = c; i < std::min<std::size_t>(c + 3, 10); ++i) CHECK(rs[i].pid == rs[c].pid);
     }
   }
 }
@@ -128,22 +121,42 @@ TEST_CASE("map: a failing item is its own Result; map() throws the first failure
   }
 }
 
-TEST_CASE("map: a crash costs the items of its chunk only", "[map]") {
+TEST_CASE("map: a crash or a timeout costs its item only", "[map]") {
   const std::vector<int> items = iota_vector(9);
   auto f = [](int x) {
     if (x == 4) std::raise(SIGABRT);
+    if (x == 6) sleep_ms(60000);
     return x;
   };
-  std::vector<pfp::Result> rs = pfp::map_results(map_options(2, 3), f, items);
-  REQUIRE(rs.size() == 9u);
-  for (std::size_t i = 0; i < rs.size(); ++i) {
-    INFO("item " << i);
-    if (i >= 3 && i < 6) {
-      CHECK(rs[i].status == pfp::Status::crashed);
-      CHECK_THAT(rs[i].error, Contains("SIGABRT"));
-    } else {
-      CHECK(rs[i].ok());
+  for (std::size_t chunk : {std::size_t{0}, std::size_t{3}}) {
+    INFO("chunksize " << chunk);
+    pfp::MapOptions o = map_options(2, chunk);
+    o.timeout = std::chrono::milliseconds(500);
+    std::vector<pfp::Result> rs = pfp::map_results(o, f, items);
+    REQUIRE(rs.size() == 9u);
+    for (std::size_t i = 0; i < rs.size(); ++i) {
+      INFO("item " << i);
+      if (i == 4) {
+        CHECK(rs[i].status == pfp::Status::crashed);
+        CHECK_THAT(rs[i].error, Contains("SIGABRT"));
+      } else if (i == 6) {
+        CHECK(rs[i].status == pfp::Status::timed_out);
+      } else {
+        CHECK(rs[i].ok());
+      }
     }
+  }
+}
+
+TEST_CASE("imap: chunksize past the item count does not wrap", "[map]") {
+  const std::vector<int> items = iota_vector(7);
+  pfp::MapOptions o = map_options(2, static_cast<std::size_t>(-1));
+  std::vector<pfp::Result> got;
+  pfp::imap(o, [](int x) { return x * 3; }, items, [&](pfp::Result&& r) { got.push_back(std::move(r)); });
+  REQUIRE(got.size() == items.size());
+  for (std::size_t i = 0; i < got.size(); ++i) {
+    CHECK(got[i].ok());
+    CHECK(got[i].result.as<int>() == static_cast<int>(i) * 3);
   }
 }
 

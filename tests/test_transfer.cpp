@@ -413,11 +413,11 @@ TEST_CASE("a function that writes on pfp's result pipe: its worker starts nothin
   g_starts = &starts[0];
   struct Restore {
     ~Restore() {
-      pfp::detail::on_corrupt_stream = nullptr;
+      pfp::detail::testing::on_corrupt_stream = nullptr;
       g_starts = nullptr;
     }
   } restore;
-  pfp::detail::on_corrupt_stream = [](pid_t) {
+  pfp::detail::testing::on_corrupt_stream = [](pid_t) {
     for (int waited = 0; waited < 300 && g_starts[4].load() == 0; ++waited) pfp_test::sleep_ms(1);
   };
   for (int round = 0; round < 2; ++round) {

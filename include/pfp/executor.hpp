@@ -8,12 +8,12 @@
 // as_completed(), wait_any() and wait_all() work over sets of them; next_completed() streams
 // Results to a consumer while a producer is still submitting, with a bounded queue between them.
 
-#include <pfp/backend.hpp>
+#include <pfp/detail/run_feed.hpp>
 #include <pfp/detail/posix.hpp>
+#include <pfp/detail/wake_pipe.hpp>
 #include <pfp/error.hpp>
-#include <pfp/feed.hpp>
+#include <pfp/detail/feed.hpp>
 #include <pfp/options.hpp>
-#include <pfp/pool.hpp>
 #include <pfp/result.hpp>
 #include <pfp/serialization.hpp>
 #include <pfp/value.hpp>
@@ -211,7 +211,9 @@ struct Function {
 /// How an Executor queues work, beyond the run Options.
 struct ExecutorOptions {
   /// Submissions that may wait to start before submit() blocks (backpressure on a producer);
-  /// 0 = unbounded. With stream_results, a submission counts until next_completed() takes it.
+  /// 0 = unbounded. A submission waits from submit() until a worker can begin it: beyond the one
+  /// task per worker that runs, tasks handed to workers ahead of time still count as waiting.
+  /// With stream_results, a submission counts until next_completed() takes it.
   std::size_t max_queued = 0;
   /// Keep every completed Result for next_completed(), in completion order.
   bool stream_results = false;
@@ -381,6 +383,7 @@ class Executor {
   struct Pulled {
     std::uint64_t fn;
     std::shared_ptr<detail::FutureState> state;
+    std::uint64_t order;  // the submission's number: its Result's index
   };
 
   // As given when it converts to a Value (the worker's as<A>() then checks ranges), else as A.
@@ -414,15 +417,20 @@ class Executor {
       if (ex_.waiting_.empty()) return std::nullopt;
       Waiting w = ex_.waiting_.top();
       ex_.waiting_.pop();
-      ex_.pulled_.emplace(ex_.pulls_++, Pulled{w.fn, std::move(w.state)});
+      ex_.pulled_.emplace(ex_.pulls_++, Pulled{w.fn, std::move(w.state), w.order});
       if (!ex_.queue_options_.stream_results) ex_.space_cv_.notify_all();
-      return detail::Task{w.fn, std::move(*w.payload)};
+      return detail::Task{w.fn, std::move(*w.payload), w.priority};
+    }
+    std::optional<int> next_priority() override {
+      std::lock_guard<std::mutex> lock(ex_.mutex_);
+      if (ex_.waiting_.empty()) return std::nullopt;
+      return ex_.waiting_.top().priority;
     }
     bool finished() override {
       std::lock_guard<std::mutex> lock(ex_.mutex_);
       return ex_.waiting_.empty() && (ex_.closed_ || ex_.draining_inline_);
     }
-    int wake_fd() const override { return ex_.wake_read_.get(); }
+    int wake_fd() const override { return ex_.wake_.read_fd(); }
     void workers_started() override {
       {
         std::lock_guard<std::mutex> lock(ex_.mutex_);
@@ -437,8 +445,10 @@ class Executor {
         auto it = ex_.pulled_.find(base_ + seq);
         state = std::move(it->second.state);
         r.function_name = ex_.functions_[it->second.fn].name;
+        r.index = static_cast<std::size_t>(it->second.order);
         ex_.pulled_.erase(it);
       }
+      if (!ex_.queue_options_.stream_results) ex_.space_cv_.notify_all();
       ex_.complete(*state, std::move(r));
     }
     void drop_rest(const std::string& why) override {
@@ -458,15 +468,11 @@ class Executor {
       return;
     }
     started_ = true;
-    detail::Pipe p = detail::make_pipe();
-    detail::set_nonblocking(p.read.get());
-    detail::set_nonblocking(p.write.get());
-    wake_read_ = std::move(p.read);
-    wake_write_ = std::move(p.write);
-    if (options_.backend == Backend::inline_) return;  // runs in submit()
+    wake_.open();
+    if (detail::runs_in_caller(options_)) return;  // runs in submit()
     cancel_state_.open();
     runner_ = std::thread([this] { run_pool(); });
-    if (options_.backend != Backend::processes) return;
+    if (!detail::isolated_workers(options_)) return;
     forked_cv_.wait(lock, [&] { return workers_forked_ || failure_; });
     if (failure_) throw error("pfp::Executor: the pool has failed: " + *failure_);
   }
@@ -509,7 +515,7 @@ class Executor {
       ++submitted_;
       waiting_.push(Waiting{priority, order_++, fn, std::make_shared<std::string>(std::move(payload)), state});
     }
-    if (options_.backend == Backend::inline_) {
+    if (detail::runs_in_caller(options_)) {
       run_inline_now();
     } else {
       wake();
@@ -535,7 +541,10 @@ class Executor {
   }
 
   std::size_t outstanding_locked() const {
-    return queue_options_.stream_results ? submitted_ - taken_ : waiting_.size();
+    if (queue_options_.stream_results) return submitted_ - taken_;
+    // Pulled by the pool: at most one per worker runs, the rest wait in the workers' queues.
+    const std::size_t running = std::min(pulled_.size(), static_cast<std::size_t>(detail::effective_workers(options_)));
+    return waiting_.size() + pulled_.size() - running;
   }
 
   void complete(detail::FutureState& state, Result&& r) {
@@ -556,6 +565,7 @@ class Executor {
       waiting_.pop();
       Result r;
       r.function_name = functions_[w.fn].name;
+      r.index = static_cast<std::size_t>(w.order);
       r.status = Status::cancelled;
       r.error = why;
       if (queue_options_.stream_results) {
@@ -567,18 +577,8 @@ class Executor {
     space_cv_.notify_all();
   }
 
-  void wake() noexcept {
-    int fd = wake_write_.get();
-    if (fd < 0) return;
-    char byte = 1;
-    [[maybe_unused]] ssize_t ignored = ::write(fd, &byte, 1);  // a full pipe already holds a wake-up
-  }
-
-  void drain_wake() noexcept {
-    char buf[256];
-    while (::read(wake_read_.get(), buf, sizeof buf) > 0) {
-    }
-  }
+  void wake() noexcept { wake_.ring(); }
+  void drain_wake() noexcept { wake_.drain(); }
 
   Options options_;
   ExecutorOptions queue_options_;
@@ -600,8 +600,7 @@ class Executor {
   bool draining_inline_ = false;
   std::optional<std::string> failure_;
   std::exception_ptr producer_error_;
-  detail::UniqueFd wake_read_;
-  detail::UniqueFd wake_write_;
+  detail::WakePipe wake_;  // rung by submit(), close() and shutdown(): the pool's feed has news
   detail::CancelState cancel_state_;
   std::thread runner_;
 };

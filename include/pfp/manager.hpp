@@ -6,14 +6,14 @@
 // by one worker's copy of the handler, and its stats deltas travel back with its result; the
 // parent merges them, logs the item and draws the progress. The run ends with an ExitStatus.
 
-#include <pfp/backend.hpp>
+#include <pfp/detail/run_feed.hpp>
+#include <pfp/detail/wake_pipe.hpp>
 #include <pfp/batch.hpp>
 #include <pfp/detail/posix.hpp>
 #include <pfp/error.hpp>
-#include <pfp/feed.hpp>
+#include <pfp/detail/feed.hpp>
 #include <pfp/multiprocessor.hpp>
 #include <pfp/options.hpp>
-#include <pfp/pool.hpp>
 #include <pfp/progress.hpp>
 #include <pfp/result.hpp>
 #include <pfp/serialization.hpp>
@@ -486,9 +486,8 @@ class Manager {
   class ItemFeed final : public detail::Feed {
    public:
     ItemFeed(Manager& m, Stream& items, std::size_t bound, detail::ProgressLine& progress)
-        : m_(m), items_(items), bound_(bound), progress_(progress), wake_(detail::make_pipe()) {
-      detail::set_nonblocking(wake_.read.get());
-      detail::set_nonblocking(wake_.write.get());
+        : m_(m), items_(items), bound_(bound), progress_(progress) {
+      wake_.open();
     }
 
     std::optional<detail::Task> pull() override {
@@ -526,7 +525,7 @@ class Manager {
     }
 
     bool finished() override { return stopped_ || exhausted_; }
-    int wake_fd() const override { return wake_.read.get(); }
+    int wake_fd() const override { return wake_.read_fd(); }
     std::optional<std::size_t> size_hint() const override { return items_.size(); }
     bool stop_requested() override { return stopped_; }
 
@@ -534,8 +533,7 @@ class Manager {
       if (in_flight_ > 0) --in_flight_;
       if (waiting_) {
         waiting_ = false;
-        const char byte = 1;
-        [[maybe_unused]] ssize_t ignored = ::write(wake_.write.get(), &byte, 1);
+        wake_.ring();
       }
       std::string label = take_label(seq);
       ItemLog log;
@@ -587,11 +585,7 @@ class Manager {
     const std::optional<std::pair<std::string, std::optional<std::string>>>& first() const noexcept { return first_; }
 
    private:
-    void drain() noexcept {
-      char buf[64];
-      while (::read(wake_.read.get(), buf, sizeof buf) > 0) {
-      }
-    }
+    void drain() noexcept { wake_.drain(); }
 
     void source_failed(std::string message, std::optional<std::string> target) {
       exhausted_ = true;
@@ -643,7 +637,7 @@ class Manager {
     Stream& items_;
     const std::size_t bound_;
     detail::ProgressLine& progress_;
-    detail::Pipe wake_;
+    detail::WakePipe wake_;
     std::uint64_t pulled_ = 0;
     std::size_t in_flight_ = 0;
     bool waiting_ = false;    // pull() said "not now" because the bound was reached
@@ -731,7 +725,7 @@ class Manager {
       if (items) {
         try {
           std::vector<Handler> copies;  // empty: the workers are processes forked with handler_
-          if (options_.backend != Backend::processes) copies = per_worker_copies();
+          if (!detail::isolated_workers(options_)) copies = per_worker_copies();
           if (!state_.expected) state_.expected = items->size();
           progress.emplace(options_.progress, state_.expected, start);
           const std::size_t bound = options_.max_in_flight ? options_.max_in_flight : 2 * std::size_t{state_.workers};
@@ -800,9 +794,9 @@ class Manager {
   // worker there too. The inline backend makes do with the prototype when it cannot be copied.
   std::vector<Handler> per_worker_copies() const {
     if constexpr (std::is_copy_constructible_v<Handler>) {
-      return std::vector<Handler>(options_.backend == Backend::inline_ ? 1 : state_.workers, handler_);
+      return std::vector<Handler>(detail::runs_in_caller(options_) ? 1 : state_.workers, handler_);
     } else {
-      if (options_.backend == Backend::inline_) return {};
+      if (detail::runs_in_caller(options_)) return {};
       throw error("pfp::Manager: Backend::threads gives every worker thread its own copy of the handler, so Handler must "
                   "be copy-constructible; use Backend::processes or Backend::inline_, or make it copyable");
     }

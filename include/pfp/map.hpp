@@ -5,19 +5,22 @@
 //
 //   map / map_results / map_unordered  -- items that exist before the run (containers with
 //       random access, several zipped like Python's map(f, a, b)): the workers inherit them by
-//       fork, nothing is serialized but the results; `chunksize` items travel as one task.
+//       fork, each item is a task of its own, nothing is serialized but the results.
 //   imap / imap_unordered              -- a lazy source (an input range, or a callable returning
 //       std::optional<T>, of any length, even endless): items are serialized as they are pulled,
 //       and at most `max_in_flight` are pulled and not yet handed to you, so memory stays flat.
 //
 // Every item gets exactly one Result (index = its position in the input). An item that throws is
-// Status::exception on its own; a crash or timeout costs the items of its chunk.
+// Status::exception on its own; a crash or timeout costs its item only (with imap's chunksize > 1,
+// the items of its chunk).
 
-#include <pfp/backend.hpp>
+#include <pfp/detail/run_feed.hpp>
+#include <pfp/detail/list_feed.hpp>
 #include <pfp/detail/posix.hpp>
+#include <pfp/detail/wake_pipe.hpp>
 #include <pfp/error.hpp>
 #include <pfp/executor.hpp>
-#include <pfp/feed.hpp>
+#include <pfp/detail/feed.hpp>
 #include <pfp/options.hpp>
 #include <pfp/result.hpp>
 #include <pfp/serialization.hpp>
@@ -44,8 +47,9 @@ namespace pfp {
 
 /// Options of map() and imap(): the run's Options plus how items are grouped and bounded.
 struct MapOptions : Options {
-  /// Items per task: larger chunks cost fewer round trips; a crash or timeout costs the whole
-  /// chunk. 0 = automatic (about 4 chunks per worker for map(); 1 for imap()).
+  /// imap(): items serialized and sent as one task (0 or 1: each item on its own). Larger chunks
+  /// cost fewer round trips; a crash or timeout then costs the whole chunk, and exceptions are
+  /// not retried. map() ignores it: its items are inherited, and each is a task of its own.
   std::size_t chunksize = 1;
   /// imap(): items pulled from the source and not yet handed to on_result; 0 = 64 per worker.
   std::size_t max_in_flight = 0;
@@ -116,34 +120,31 @@ void split_chunk(const Result& chunk, std::size_t first, std::size_t count, Emit
 
 inline std::size_t map_workers(const Options& o) { return effective_workers(o); }
 
-// map(): chunk c covers items [c * size, min(n, (c + 1) * size)); fn = c, nothing serialized.
+// map_unordered(): item i is task i (fn == seq, nothing serialized), each Result handed on as it
+// completes.
 template <class OnItem>
-class ChunkFeed final : public Feed {
+class ItemFeed final : public Feed {
  public:
-  ChunkFeed(std::size_t items, std::size_t chunk, OnItem& on_item) : items_(items), chunk_(chunk), on_item_(on_item) {}
+  ItemFeed(std::size_t items, OnItem& on_item) : items_(items), on_item_(on_item) {}
   std::optional<Task> pull() override {
-    if (next_ * chunk_ >= items_) return std::nullopt;
+    if (next_ >= items_) return std::nullopt;
     return Task{next_++, {}};
   }
   bool finished() override { return true; }
-  std::optional<std::size_t> size_hint() const override { return (items_ + chunk_ - 1) / chunk_; }
-  void deliver(std::uint64_t seq, Result&& r) override {
-    const std::size_t first = static_cast<std::size_t>(seq) * chunk_;
-    split_chunk(r, first, std::min(chunk_, items_ - first), on_item_);
-  }
+  std::optional<std::size_t> size_hint() const override { return items_; }
+  void deliver(std::uint64_t seq, Result&& r) override { on_item_(static_cast<std::size_t>(seq), std::move(r)); }
   void drop_rest(const std::string& why) override {
-    for (; next_ * chunk_ < items_; ++next_) {
+    for (; next_ < items_; ++next_) {
       Result r;
+      r.index = static_cast<std::size_t>(next_);
       r.status = Status::cancelled;
       r.error = why;
-      const std::size_t first = static_cast<std::size_t>(next_) * chunk_;
-      split_chunk(r, first, std::min(chunk_, items_ - first), on_item_);
+      on_item_(r.index, std::move(r));
     }
   }
 
  private:
-  std::size_t items_;
-  std::size_t chunk_;
+  std::uint64_t items_;
   OnItem& on_item_;
   std::uint64_t next_ = 0;
 };
@@ -157,26 +158,40 @@ std::size_t range_size(const Range& r) {
   return static_cast<std::size_t>(std::distance(std::begin(r), std::end(r)));
 }
 
-template <class F, class OnItem, class... Ranges>
-void run_map(const MapOptions& o, F& f, OnItem& on_item, const Ranges&... ranges) {
+// The size of the zipped ranges (the shortest decides) and the runner of item i: f(a[i], b[i], ...)
+// into the Result; what f throws is the item's verdict, as for any task.
+template <class F, class... Ranges>
+std::pair<std::size_t, FeedRunner> item_runner(F& f, const Ranges&... ranges) {
   static_assert(sizeof...(Ranges) > 0, "pfp::map: give at least one range of items");
   static_assert(std::is_invocable_v<F&, decltype(*std::begin(ranges))...>,
                 "pfp::map: f must be callable with one item of each range, in order");
-  const std::size_t n = std::min({range_size(ranges)...});  // zip: the shortest range decides
-  if (n == 0) return;
-  std::size_t chunk = o.chunksize;
-  if (chunk == 0) chunk = std::max<std::size_t>(1, n / (4 * map_workers(o)));
-  FeedRunner runner = [&](const TaskView& task, Result& r) {
-    const std::size_t first = static_cast<std::size_t>(task.fn) * chunk;
-    const std::size_t last = std::min(n, first + chunk);
-    Value out = Value::array();
-    for (std::size_t i = first; i < last; ++i)
-      out.push_back(run_item([&] { return call_item(f, std::begin(ranges)[static_cast<std::ptrdiff_t>(i)]...); }));
-    r.result = std::move(out);
+  const std::size_t n = std::min({range_size(ranges)...});
+  FeedRunner runner = [&f, &ranges...](const TaskView& task, Result& r) {
+    r.result = call_item(f, std::begin(ranges)[static_cast<std::ptrdiff_t>(task.fn)]...);
   };
-  ChunkFeed<OnItem> feed(n, chunk, on_item);
-  Options run_options = o;
-  run_feed(runner, run_options, feed, nullptr);
+  return {n, std::move(runner)};
+}
+
+// map_results(): every item's Result, in input order, made in place (a run of items is one message).
+template <class F, class... Ranges>
+std::vector<Result> run_map_results(const MapOptions& o, F& f, const Ranges&... ranges) {
+  auto [n, runner] = item_runner(f, ranges...);
+  std::vector<Result> out;
+  if (n == 0) return out;
+  out.reserve(n);
+  auto no_name = [](std::size_t) { return std::string(); };
+  ListFeed<decltype(no_name)> feed(out, n, no_name);
+  run_feed(runner, o, feed, nullptr);
+  return out;
+}
+
+// map_unordered(): each item's Result handed to on_item(index, Result&&) as it completes.
+template <class F, class OnItem, class... Ranges>
+void run_map(const MapOptions& o, F& f, OnItem& on_item, const Ranges&... ranges) {
+  auto [n, runner] = item_runner(f, ranges...);
+  if (n == 0) return;
+  ItemFeed<OnItem> feed(n, on_item);
+  run_feed(runner, o, feed, nullptr);
 }
 
 }  // namespace detail
@@ -186,13 +201,7 @@ void run_map(const MapOptions& o, F& f, OnItem& on_item, const Ranges&... ranges
 /// throws pfp::error if no worker can be started.
 template <class F, class... Ranges>
 std::vector<Result> map_results(const MapOptions& options, F f, const Ranges&... ranges) {
-  std::vector<Result> out;
-  auto file = [&](std::size_t i, Result&& r) {
-    if (out.size() <= i) out.resize(i + 1);
-    out[i] = std::move(r);
-  };
-  detail::run_map(options, f, file, ranges...);
-  return out;
+  return detail::run_map_results(options, f, ranges...);
 }
 
 /// Like map_results(), but returns the values f returned, in input order, as R (default: f's
@@ -282,24 +291,19 @@ class SourceCursor {
   std::optional<typename source_traits<Source>::iterator> it_;
 };
 
-// imap(): chunks of serialized items, at most max_in_flight items between the source and on_result.
+// imap(): serialized items, each a task of its own (chunk 1) or in chunks (an array of items, and
+// an array of per-item verdicts back); at most max_in_flight items between the source and on_result.
 template <class Cursor, class OnItem>
 class StreamFeed final : public Feed {
  public:
   StreamFeed(Cursor& cursor, std::size_t chunk, std::size_t max_in_flight, bool ordered, OnItem& on_item)
       : cursor_(cursor), chunk_(chunk), max_in_flight_(max_in_flight), ordered_(ordered), on_item_(on_item) {
-    Pipe p = make_pipe();
-    set_nonblocking(p.read.get());
-    set_nonblocking(p.write.get());
-    wake_read_ = std::move(p.read);
-    wake_write_ = std::move(p.write);
+    wake_.open();
   }
   std::optional<Task> pull() override {
-    char buf[64];
-    while (::read(wake_read_.get(), buf, sizeof buf) > 0) {
-    }
+    wake_.drain();
     if (source_error_) std::rethrow_exception(std::exchange(source_error_, nullptr));
-    if (done_ || pulled_ - emitted_ + chunk_ > max_in_flight_) return std::nullopt;
+    if (done_ || pulled_ - emitted_ > max_in_flight_ - chunk_) return std::nullopt;  // max_in_flight_ >= chunk_
     Value items = Value::array();
     try {
       while (items.size() < chunk_) {
@@ -317,15 +321,15 @@ class StreamFeed final : public Feed {
     if (items.size() == 0) return std::nullopt;
     chunks_.emplace(chunk_seq_++, std::make_pair(pulled_, items.size()));
     pulled_ += items.size();
-    return Task{0, encode(items)};
+    return Task{0, encode(chunk_ == 1 ? items.at(0) : items)};
   }
   bool finished() override { return done_; }
-  int wake_fd() const override { return wake_read_.get(); }
+  int wake_fd() const override { return wake_.read_fd(); }
   void deliver(std::uint64_t seq, Result&& r) override {
     auto it = chunks_.find(seq);
     const auto [first, count] = it->second;
     chunks_.erase(it);
-    split_chunk(r, first, count, [&](std::size_t i, Result&& item) {
+    auto emit = [&](std::size_t i, Result&& item) {
       if (!ordered_) {
         ++emitted_;
         on_item_(std::move(item));
@@ -338,9 +342,14 @@ class StreamFeed final : public Feed {
         ++emitted_;
         on_item_(std::move(next));
       }
-    });
-    char byte = 1;
-    [[maybe_unused]] ssize_t ignored = ::write(wake_write_.get(), &byte, 1);
+    };
+    if (chunk_ == 1) {
+      r.index = first;
+      emit(first, std::move(r));
+    } else {
+      split_chunk(r, first, count, emit);
+    }
+    wake_.ring();
   }
   void drop_rest(const std::string&) override { done_ = true; }
 
@@ -357,8 +366,7 @@ class StreamFeed final : public Feed {
   std::uint64_t chunk_seq_ = 0;
   std::unordered_map<std::uint64_t, std::pair<std::size_t, std::size_t>> chunks_;
   std::map<std::size_t, Result> waiting_;  // ordered mode: finished early, waiting for their turn
-  UniqueFd wake_read_;
-  UniqueFd wake_write_;
+  WakePipe wake_;  // rung when a result makes room for more items
 };
 
 template <class F, class Source, class OnResult>
@@ -372,6 +380,10 @@ void run_imap(const MapOptions& o, F& f, Source& source, OnResult& on_result, bo
   const std::size_t chunk = std::max<std::size_t>(1, o.chunksize);
   const std::size_t bound = std::max(chunk, o.max_in_flight ? o.max_in_flight : 64 * detail::map_workers(o));
   FeedRunner runner = [&](const TaskView& task, Result& r) {
+    if (chunk == 1) {  // the item's own task: what f throws is its verdict, retried like any task's
+      r.result = call_item(f, decode(task.payload).template as<Item>());
+      return;
+    }
     const Value items = decode(task.payload);
     Value out = Value::array();
     for (const Value& item : items.elements())

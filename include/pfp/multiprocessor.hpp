@@ -3,8 +3,8 @@
 
 #include <pfp/error.hpp>
 #include <pfp/options.hpp>
-#include <pfp/backend.hpp>
-#include <pfp/pool.hpp>
+#include <pfp/detail/run_feed.hpp>
+#include <pfp/detail/list_feed.hpp>
 #include <pfp/result.hpp>
 #include <pfp/value.hpp>
 
@@ -23,66 +23,6 @@
 namespace pfp {
 
 namespace detail {
-
-// Feeds registered functions 0..n-1 (fn == seq, nothing serialized: workers inherit them) and
-// files each Result at its index. The Results are made as their functions are handed out, so
-// making them overlaps with the workers' first runs instead of delaying them.
-template <class NameOf>
-class ListFeed final : public Feed {
- public:
-  /// results is empty, with room reserved for n; name_of(i) is function i's name.
-  ListFeed(std::vector<Result>& results, std::size_t n, NameOf name_of) : results_(results), n_(n), name_of_(name_of) {}
-  std::optional<Task> pull() override {
-    if (next_ >= n_) return std::nullopt;
-    make_results(next_ + 1);
-    return Task{next_++, {}};
-  }
-  std::size_t pull_run(std::size_t max, std::uint64_t& first_fn, Result*& places) override {
-    const std::size_t n = std::min<std::size_t>(max, n_ - static_cast<std::size_t>(next_));
-    make_results(next_ + n);
-    first_fn = next_;
-    places = results_.data() + next_;
-    next_ += n;
-    return n;
-  }
-  bool finished() override { return true; }
-  std::optional<std::size_t> size_hint() const override { return n_; }
-  void deliver(std::uint64_t seq, Result&& r) override { file(seq, std::move(r)); }
-  void amend(std::uint64_t seq, Result&& r) override { file(seq, std::move(r)); }
-  void drop_rest(const std::string& why) override {
-    make_results(n_);
-    for (; next_ < n_; ++next_) {
-      results_[next_].status = Status::cancelled;
-      results_[next_].error = why;
-    }
-  }
-
- private:
-  // Results up to function `upto` (exclusive) exist, named and numbered. Within the reserved room:
-  // places handed out stay where they are.
-  void make_results(std::uint64_t upto) {
-    while (results_.size() < upto) {
-      const std::size_t i = results_.size();
-      Result& r = results_.emplace_back();
-      r.function_name = name_of_(i);
-      r.index = i;
-    }
-  }
-  // Everything but the name and index, which the slot already has.
-  void file(std::uint64_t seq, Result&& r) {
-    Result& slot = results_[static_cast<std::size_t>(seq)];
-    slot.status = r.status;
-    if (!r.result.is_null() || !slot.result.is_null()) slot.result = std::move(r.result);
-    if (!r.error.empty() || !slot.error.empty()) slot.error = std::move(r.error);
-    slot.pid = r.pid;
-    slot.duration = r.duration;
-    slot.attempts = r.attempts;
-  }
-  std::vector<Result>& results_;
-  std::size_t n_;
-  NameOf name_of_;
-  std::uint64_t next_ = 0;
-};
 
 // What a registered function becomes: a move-only std::function<void(const Context&, Result&)>
 // that keeps callables of up to inline_size bytes in place, so registering costs no allocation
@@ -226,12 +166,6 @@ template <class T>
 struct is_std_function : std::false_type {};
 template <class S>
 struct is_std_function<std::function<S>> : std::true_type {};
-
-inline void validate(const Options& o) {
-  if (o.timeout.count() < 0)
-    throw error("pfp::Options::timeout is negative (" + std::to_string(o.timeout.count()) + " ms); use 0 for no limit");
-  if (o.max_result_bytes == 0) throw error("pfp::Options::max_result_bytes is 0; every result would be refused");
-}
 
 }  // namespace detail
 

@@ -4,9 +4,7 @@
 // pfp: run functions in parallel worker processes. A crash, a hang or a leak in one function
 // costs that function's Result and nothing else.
 
-#include <pfp/backend.hpp>
 #include <pfp/batch.hpp>
-#include <pfp/channel.hpp>
 #include <pfp/error.hpp>
 #include <pfp/executor.hpp>
 #include <pfp/manager.hpp>

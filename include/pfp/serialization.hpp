@@ -30,7 +30,7 @@ enum class Tag : std::uint8_t {
   object = 8,
   packed_integers = 9,
   packed_doubles = 10,
-  // Only inside a worker's remote frame (result.hpp): a string or blob left in the worker's memory,
+  // Only inside a worker's remote frame (wire.hpp): a string or blob left in the worker's memory,
   // as varint size + 8-byte address, for the parent to copy with process_vm_readv (remote.hpp).
   remote_string = 11,
   remote_bytes = 12,

@@ -1,8 +1,8 @@
-#ifndef PFP_BACKEND_HPP
-#define PFP_BACKEND_HPP
+#ifndef PFP_DETAIL_LOCAL_BACKENDS_HPP
+#define PFP_DETAIL_LOCAL_BACKENDS_HPP
 
-// The backends that run a Feed (feed.hpp) inside this process -- a pool of threads, or the
-// calling thread alone -- and run_feed(), which hands a Feed to the backend Options::backend names.
+// The backends that run a Feed (feed.hpp) inside this process: a pool of threads, or the calling
+// thread alone.
 //
 // In-process backends give the same Results as the process backend for everything a function
 // does by returning or throwing: the same status, result, error text ("<demangled type>: what()"),
@@ -19,11 +19,13 @@
 //     by the others and by the caller. With threads they run concurrently and must be thread-safe.
 // Result::pid is this process's pid.
 
+#include <pfp/detail/attempt.hpp>
 #include <pfp/detail/posix.hpp>
+#include <pfp/detail/wake_pipe.hpp>
 #include <pfp/error.hpp>
-#include <pfp/feed.hpp>
+#include <pfp/detail/feed.hpp>
 #include <pfp/options.hpp>
-#include <pfp/pool.hpp>
+#include <pfp/detail/run_guards.hpp>
 #include <pfp/result.hpp>
 #include <pfp/serialization.hpp>
 
@@ -54,29 +56,14 @@ namespace detail {
 inline Result run_attempt_here(const FeedRunner& run, const Options& opt, const TaskView& task) {
   Result r;
   const auto start = std::chrono::steady_clock::now();
-  try {
-    run(task, r);
-    r.status = Status::ok;
-    r.error.clear();
-  } catch (...) {
-    r.status = Status::exception;
-    r.error = describe_current_exception();
-    r.result = Value();
-  }
+  run_attempt(run, task, opt, r);
   r.duration = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start);
   if (r.status == Status::ok) {
     try {
       const std::size_t size = encoded_size(r.result);
-      if (size > opt.max_result_bytes) {
-        r.status = Status::exception;
-        r.error = "pfp: the result of " + std::to_string(size) + " bytes exceeds Options::max_result_bytes (" +
-                  std::to_string(opt.max_result_bytes) + " bytes)";
-        r.result = Value();
-      }
+      if (size > opt.max_result_bytes) refuse_result(r, oversized(size, opt));
     } catch (...) {
-      r.status = Status::exception;
-      r.error = "pfp: could not serialize the result: " + describe_current_exception();
-      r.result = Value();
+      refuse_result(r, unserializable());
     }
   }
   return r;
@@ -91,7 +78,7 @@ inline Result run_task_here(const FeedRunner& run, const Options& opt, const Tas
   for (unsigned attempts = 1;; ++attempts) {
     r = run_attempt_here(run, opt, task);
     r.attempts = attempts;
-    if (r.status != Status::exception || !opt.retry_exceptions || attempts > opt.retries) break;
+    if (!retry_wanted(r, opt)) break;
   }
   r.function_name.clear();
   r.index = static_cast<std::size_t>(task.seq);
@@ -256,12 +243,12 @@ class ThreadRun {
   // Sleeps in poll() on the feed's and the cancel's descriptors, and on interrupt_ (close()
   // writes to it), with the lock released; then lets the threads on the condition variable look.
   void wait_for_more(std::unique_lock<std::mutex>& lock) {
-    if (!interrupt_.read) interrupt_ = make_pipe();
+    if (!interrupt_.is_open()) interrupt_.open();
     const int feed_fd = feed_.wake_fd();
     const int cancel_fd = cancel_ ? cancel_->wake_fd() : -1;
     polling_ = true;
     lock.unlock();
-    wait_readable(feed_fd, cancel_fd, interrupt_.read.get());
+    wait_readable(feed_fd, cancel_fd, interrupt_.read_fd());
     lock.lock();
     polling_ = false;
     cv_.notify_all();
@@ -279,10 +266,7 @@ class ThreadRun {
     if (closed_) return;
     closed_ = true;
     if (drop) drop_rest_noexcept(feed_, consumer_error_);
-    if (interrupt_.write) {
-      const char byte = 1;
-      [[maybe_unused]] const bool ignored = write_all(interrupt_.write.get(), &byte, 1);
-    }
+    interrupt_.ring();
     cv_.notify_all();
   }
 
@@ -297,7 +281,7 @@ class ThreadRun {
   bool polling_ = false;           // one thread is in wait_for_more()
   std::exception_ptr source_error_;    // pull(), finished() or wake_fd() threw
   std::exception_ptr consumer_error_;  // deliver(), stop_requested() or drop_rest() threw
-  Pipe interrupt_;                 // wakes the polling thread when the run closes
+  WakePipe interrupt_;                 // wakes the polling thread when the run closes
 };
 
 /// The threads backend: runs the tasks of `feed` on Options::workers threads of this process
@@ -317,22 +301,7 @@ inline void run_feed_threads(const FeedRunner& run, const Options& opt, Feed& fe
   ThreadRun(run, opt, feed, cancel).run();
 }
 
-/// Runs `feed` to its end on the backend options.backend names: worker processes
-/// (run_feed_processes, pool.hpp), threads of this process (run_feed_threads) or the calling
-/// thread (run_feed_inline). Every task pulled gets exactly one delivered Result; what each
-/// backend enforces and what it throws is said at each of them.
-/// Throws pfp::error if options.backend is not one of the Backend values.
-inline void run_feed(const FeedRunner& run, const Options& options, Feed& feed, CancelState* cancel) {
-  switch (options.backend) {
-    case Backend::processes: run_feed_processes(run, options, feed, cancel); return;
-    case Backend::threads: run_feed_threads(run, options, feed, cancel); return;
-    case Backend::inline_: run_feed_inline(run, options, feed, cancel); return;
-  }
-  throw error("pfp: Options::backend holds " + std::to_string(static_cast<int>(options.backend)) +
-              ", which is not a pfp::Backend; use Backend::processes, Backend::threads or Backend::inline_");
-}
-
 }  // namespace detail
 }  // namespace pfp
 
-#endif  // PFP_BACKEND_HPP
+#endif  // PFP_DETAIL_LOCAL_BACKENDS_HPP

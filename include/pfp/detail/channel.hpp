@@ -1,5 +1,5 @@
-#ifndef PFP_CHANNEL_HPP
-#define PFP_CHANNEL_HPP
+#ifndef PFP_DETAIL_CHANNEL_HPP
+#define PFP_DETAIL_CHANNEL_HPP
 
 // The shared-memory half of a worker's result channel. Each worker has one MAP_SHARED region,
 // created before fork, holding:
@@ -14,6 +14,7 @@
 // in execution order, and the parent takes from whichever holds the function it expects next.
 
 #include <pfp/detail/posix.hpp>
+#include <pfp/detail/wire.hpp>
 #include <pfp/error.hpp>
 
 #include <atomic>
@@ -35,27 +36,6 @@ namespace detail {
 inline constexpr std::size_t ring_capacity = std::size_t{1} << 20;  // a power of two
 /// Frames larger than this always take the pipe, so one big result cannot monopolise the ring.
 inline constexpr std::size_t ring_frame_limit = ring_capacity / 4;
-
-// Each side's frequently written words have cache lines of their own: a worker writes `started`
-// and `produced` for every function, the parent `consumed` and the pipe counts for every batch.
-struct SharedBlock {
-  std::atomic<std::uint64_t> started{0};
-  std::atomic<std::int64_t> started_at_ns{0};  // steady_clock time the function began
-  // 1 + the index of the first function during which bytes the worker did not write appeared on
-  // its result pipe: who corrupted the stream, when the parent finds it corrupt.
-  std::atomic<std::uint64_t> corrupted_by{0};
-  // Bytes the parent has read from the result pipe, under a sequence count that is odd while a
-  // read is in progress: with FIONREAD it gives the worker every byte ever written to the pipe.
-  alignas(64) std::atomic<std::uint64_t> pipe_read_seq{0};
-  std::atomic<std::uint64_t> pipe_read_total{0};
-  alignas(64) std::atomic<std::uint64_t> produced{0};  // bytes ever written to the ring
-  alignas(64) std::atomic<std::uint64_t> consumed{0};  // bytes ever taken by the parent
-  // Big results left in the worker's memory (remote.hpp): whether the worker may send them that way
-  // (set by the parent), and the futex word the parent answers a remote frame on.
-  alignas(64) std::atomic<std::uint32_t> remote_allowed{0};
-  std::atomic<std::uint32_t> remote_ack{0};
-};
-static_assert(std::atomic<std::uint64_t>::is_always_lock_free, "pfp needs lock-free 64-bit atomics in shared memory");
 
 /// Owns one worker's shared region.
 class SharedRegion {
@@ -219,4 +199,4 @@ class ReadBuffer {
 }  // namespace detail
 }  // namespace pfp
 
-#endif  // PFP_CHANNEL_HPP
+#endif  // PFP_DETAIL_CHANNEL_HPP

@@ -1,5 +1,5 @@
-#ifndef PFP_FEED_HPP
-#define PFP_FEED_HPP
+#ifndef PFP_DETAIL_FEED_HPP
+#define PFP_DETAIL_FEED_HPP
 
 // The seam between what a run does (a fixed list of functions, a stream of submissions, a lazy
 // source of items) and how it is carried out (worker processes, threads, or the calling thread).
@@ -10,7 +10,9 @@
 #include <pfp/result.hpp>
 
 #include <cstdint>
+#include <algorithm>
 #include <functional>
+#include <thread>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -24,6 +26,7 @@ namespace detail {
 struct Task {
   std::uint64_t fn = 0;
   std::string payload;
+  int priority = 0;  ///< higher begins first among tasks that have not begun (see Feed::next_priority)
 };
 
 /// What a worker is given to run one task.
@@ -69,6 +72,11 @@ class Feed {
   /// then: a fork while another thread holds a lock leaves that lock held in the worker.
   virtual void workers_started() {}
 
+  /// The priority of the task pull() would give next, if the feed orders its tasks by priority
+  /// (nullopt: it gives none now, or all its tasks are equal). A backend that holds tasks of lower
+  /// priority that have not begun takes them back, so the higher one begins first.
+  virtual std::optional<int> next_priority() { return std::nullopt; }
+
   /// Tasks the feed knows it will give, if known (used to start no more workers than needed).
   virtual std::optional<std::size_t> size_hint() const { return std::nullopt; }
 
@@ -91,7 +99,15 @@ class Feed {
   virtual bool stop_requested() { return false; }
 };
 
+
+/// Workers for a run of `tasks` tasks (unknown: as many as the options allow).
+inline unsigned effective_workers(const Options& o, std::optional<std::size_t> tasks = std::nullopt) {
+  unsigned n = o.workers ? o.workers : std::thread::hardware_concurrency();
+  if (n == 0) n = 1;
+  return tasks ? static_cast<unsigned>(std::min<std::size_t>(n, std::max<std::size_t>(*tasks, 1))) : n;
+}
+
 }  // namespace detail
 }  // namespace pfp
 
-#endif  // PFP_FEED_HPP
+#endif  // PFP_DETAIL_FEED_HPP

@@ -1,5 +1,5 @@
-#ifndef PFP_PROCESS_HPP
-#define PFP_PROCESS_HPP
+#ifndef PFP_DETAIL_PROCESS_HPP
+#define PFP_DETAIL_PROCESS_HPP
 
 // Starting and ending worker processes. Fork hygiene lives here: the parent flushes stdio
 // before fork; the child resets signal dispositions and mask, becomes its own process-group
@@ -470,4 +470,4 @@ class Leaving {
 }  // namespace detail
 }  // namespace pfp
 
-#endif  // PFP_PROCESS_HPP
+#endif  // PFP_DETAIL_PROCESS_HPP
