@@ -740,6 +740,15 @@ class Manager {
       }
     }
 
+    verdict(st, feed ? &*feed : nullptr, progress ? &*progress : nullptr, target.hit.load(), opened, run_error);
+    st.stats = stats();
+    st.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    return st;
+  }
+
+  // The run's exit status from what its feed counted and how it ended.
+  void verdict(ExitStatus& st, ItemFeed* feed, detail::ProgressLine* progress, bool interrupted, bool opened,
+               const std::optional<std::string>& run_error) {
     if (feed) {
       st.items_ok = feed->ok();
       st.items_failed = feed->failed();
@@ -747,7 +756,7 @@ class Manager {
       st.failures = std::move(feed->failures());
       if (progress) progress->finish(feed->done(), feed->failed());
     }
-    if (target.hit.load()) {
+    if (interrupted) {
       st.code = ExitStatus::interrupted;
       st.message = "Keyboard interrupt";
     } else if (opened && cancel_->requested()) {
@@ -777,9 +786,6 @@ class Manager {
       st.code = ExitStatus::failure;
       st.message = *run_error;
     }
-    st.stats = stats();
-    st.seconds = std::chrono::duration<double>(Clock::now() - start).count();
-    return st;
   }
 
   auto call_build(BuildContext& ctx) {
