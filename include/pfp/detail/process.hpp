@@ -294,6 +294,13 @@ inline std::vector<pid_t> live_descendants(pid_t root) {
   return found;
 }
 
+/// SIGKILL to a worker and its process group (it leads one of its own), in one place. Only for a
+/// pid pfp has not reaped yet: until then the number cannot name another process.
+inline void kill_group(pid_t pid) noexcept {
+  ::kill(-pid, SIGKILL);
+  ::kill(pid, SIGKILL);
+}
+
 /// Kills a live worker with everything it started: its process group, and every descendant,
 /// even those that left the group with setsid(). Descendants first, while the worker still holds
 /// them as their (sub)reaper; repeated while new ones appear.
@@ -306,8 +313,7 @@ inline void kill_tree(pid_t root) noexcept {
     }
   } catch (...) {  // out of memory while listing: the group kill below still happens
   }
-  ::kill(-root, SIGKILL);
-  ::kill(root, SIGKILL);
+  kill_group(root);
 }
 
 /// Whether pid has ended, without reaping it (so its pid and group id stay reserved).
@@ -337,8 +343,7 @@ inline int reap(pid_t pid, std::chrono::milliseconds grace) noexcept {
     timespec pause{0, waited < std::chrono::milliseconds(2) ? 20'000L : 1'000'000L};
     ::nanosleep(&pause, nullptr);
   }
-  ::kill(-pid, SIGKILL);
-  ::kill(pid, SIGKILL);
+  kill_group(pid);
   if (wait_pid(pid, &status, 0) == pid) return status;
   return -1;
 }
@@ -421,8 +426,7 @@ class Leaving {
       int status = 0;
       pid_t r = wait_pid(e.pid, &status, WNOHANG);
       if (r == 0 && now >= e.deadline) {
-        ::kill(-e.pid, SIGKILL);
-        ::kill(e.pid, SIGKILL);
+        kill_group(e.pid);
         r = wait_pid(e.pid, &status, 0);
       }
       if (r == 0) {
@@ -449,8 +453,7 @@ class Leaving {
   /// Kills and reaps them all (a run left by an exception).
   void kill_all() noexcept {
     for (Entry& e : entries_) {
-      ::kill(-e.pid, SIGKILL);
-      ::kill(e.pid, SIGKILL);
+      kill_group(e.pid);
       int ignored = 0;
       wait_pid(e.pid, &ignored, 0);
     }
