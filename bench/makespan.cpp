@@ -29,7 +29,9 @@
 //   its makespan); 1 = two CPUs all the time), mk_<c>_pfp_parent_cpu_ms (CPU time of this process
 //   during execute_parallel()), mk_<c>_omp_cpu_share (CPU time of this process / (2 x omp makespan)).
 // First, for reference: mk_fork_exit_wait_us (fork + child _exit + waitpid, one at a time, median)
-// and mk_page_touch_us (first write to a fresh anonymous 4 KiB page, per page, median of runs).
+// mk_page_touch_us (first write to a fresh anonymous 4 KiB page, per page, median of runs) and
+// mk_hugepage_touch_us (the same per fresh 2 MiB transparent huge page; mk_hugepage_got: the share
+// of the mapping the kernel backed with huge pages, 0 where THP is off).
 // A human-readable `CASE` line per case (with the 1-minute load average when it started); `FAIL`
 // lines on wrong Results (exit status 1).
 // Built without OpenMP (no -fopenmp), the omp part is skipped with a message.
@@ -38,12 +40,15 @@
 
 #include <pfp/pfp.hpp>
 
+#include "bench_common.hpp"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <random>
 #include <sstream>
@@ -65,22 +70,13 @@ using Clock = std::chrono::steady_clock;
 using ns = std::chrono::nanoseconds;
 
 bool quick = false;
-int failures = 0;
 
 // The nominal duration of every task of the current case, in nanoseconds. A global, so the
 // registered functions only capture an index and the workers inherit the table through fork().
 std::vector<std::int64_t> g_dur;
 
-void result(const std::string& key, double value, const char* unit) {
-  std::printf("RESULT %s %.10g %s\n", key.c_str(), value, unit);
-  std::fflush(stdout);
-}
-
-void fail(const std::string& what) {
-  ++failures;
-  if (failures <= 20) std::printf("FAIL %s\n", what.c_str());
-  std::fflush(stdout);
-}
+using bench::fail;
+using bench::result;
 
 double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
 
@@ -130,6 +126,49 @@ double list_bound(const std::vector<double>& d, int machines = 2) {
 
 // ------------------------------------------------------------------ reference costs
 
+// AnonHugePages (KiB) of the mapping that contains `p`, from /proc/self/smaps (0 if unknown).
+long anon_huge_kib(const void* p) {
+  FILE* f = std::fopen("/proc/self/smaps", "r");
+  if (!f) return 0;
+  const auto at = reinterpret_cast<std::uintptr_t>(p);
+  char line[512];
+  bool inside = false;
+  long kib = 0;
+  while (std::fgets(line, sizeof line, f)) {
+    unsigned long lo = 0, hi = 0;
+    if (std::sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && std::strchr(line, '-') < std::strchr(line, ' ')) {
+      if (inside) break;
+      inside = at >= lo && at < hi;
+    } else if (inside && std::sscanf(line, "AnonHugePages: %ld kB", &kib) == 1) {
+      break;
+    }
+  }
+  std::fclose(f);
+  return inside ? kib : 0;
+}
+
+// Microseconds per first write to each of `pages` pages of `page` bytes in a fresh private
+// anonymous mapping aligned to `page`, median of `runs` mappings (-1 if mmap fails); `got` is the
+// share of the last mapping backed by transparent huge pages.
+double median_touch_us(std::size_t page, std::size_t pages, bool huge, int runs, double& got) {
+  std::vector<double> per_page;
+  for (int run = 0; run < runs; ++run) {
+    void* raw = mmap(nullptr, (pages + 1) * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) return -1;
+    auto* base = reinterpret_cast<char*>((reinterpret_cast<std::uintptr_t>(raw) + page - 1) & ~(page - 1));
+#if defined(MADV_HUGEPAGE) && defined(MADV_NOHUGEPAGE)
+    madvise(base, pages * page, huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+#endif
+    auto* c = reinterpret_cast<volatile char*>(base);
+    const Clock::time_point t0 = Clock::now();
+    for (std::size_t i = 0; i < pages; ++i) c[i * page] = 1;
+    per_page.push_back(ms_since(t0) * 1e3 / static_cast<double>(pages));
+    got = static_cast<double>(anon_huge_kib(base)) * 1024 / static_cast<double>(pages * page);
+    munmap(raw, (pages + 1) * page);
+  }
+  return median(per_page);
+}
+
 void bench_reference() {
   // fork + _exit in the child + waitpid in the parent, one process at a time.
   const int forks = quick ? 50 : 500;
@@ -149,26 +188,20 @@ void bench_reference() {
   }
   result("mk_fork_exit_wait_us", median(us), "us");
 
-  // The first write to each page of a fresh private anonymous mapping (transparent huge pages
-  // refused, so every fault is one 4 KiB page): the page fault, zeroing and mapping.
-  const std::size_t page = 4096, pages = quick ? 4096 : 16384;  // 16 / 64 MiB
-  std::vector<double> per_page;
-  for (int run = 0; run < (quick ? 3 : 9); ++run) {
-    void* p = mmap(nullptr, pages * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (p == MAP_FAILED) {
-      fail("reference: mmap failed");
-      return;
-    }
-#ifdef MADV_NOHUGEPAGE
-    madvise(p, pages * page, MADV_NOHUGEPAGE);
-#endif
-    auto* c = static_cast<volatile char*>(p);
-    const Clock::time_point t0 = Clock::now();
-    for (std::size_t i = 0; i < pages; ++i) c[i * page] = 1;
-    per_page.push_back(ms_since(t0) * 1e3 / static_cast<double>(pages));
-    munmap(p, pages * page);
+  // The first write to each page of a fresh private anonymous mapping: 4 KiB pages with
+  // transparent huge pages refused (the page fault, zeroing and mapping), then 2 MiB pages of a
+  // 2 MiB-aligned mapping with MADV_HUGEPAGE (one fault that zeroes 2 MiB), counted only if the
+  // kernel gave huge pages (mk_hugepage_got: the share of the mapping that was, 0 where THP is off).
+  double small_got = 0, huge_got = 0;
+  const double small = median_touch_us(4096, quick ? 4096 : 16384, false, quick ? 3 : 9, small_got);  // 16 / 64 MiB
+  const double huge = median_touch_us(std::size_t{2} << 20, quick ? 8 : 32, true, quick ? 3 : 7, huge_got);
+  if (small < 0 || huge < 0) {
+    fail("reference: mmap failed");
+    return;
   }
-  result("mk_page_touch_us", median(per_page), "us");
+  result("mk_page_touch_us", small, "us");
+  result("mk_hugepage_touch_us", huge, "us");
+  result("mk_hugepage_got", huge_got, "fraction");
 }
 
 // ------------------------------------------------------------------ cases
@@ -364,6 +397,6 @@ int main(int argc, char** argv) {
       fail(std::string(c.name) + ": threw " + e.what());
     }
   }
-  result("mk_failures", failures, "count");
-  return failures ? 1 : 0;
+  result("mk_failures", bench::failures, "count");
+  return bench::failures ? 1 : 0;
 }

@@ -3,7 +3,8 @@
 # hand-written floors, pfp and the Python baselines (when python3 is present) N times, and prints
 # a Markdown table of medians with a goal checklist. Also bench/makespan.cpp (issue 15: makespan of
 # heterogeneous runs against the list-scheduling bound and OpenMP; built with -fopenmp, or
-# without its OpenMP part where the compiler cannot, e.g. clang without libomp-14-dev).
+# without its OpenMP part where the compiler cannot, e.g. clang without libomp-14-dev), and
+# bench/pools.cpp (issue 16: pfp's front ends against oneTBB and OpenMP, where found).
 #
 #   bench/run.sh [--quick] [--runs N] [--out DIR]
 #
@@ -26,7 +27,7 @@ while [[ $# -gt 0 ]]; do
     --quick) quick=1 ;;
     --runs) runs="${2:?--runs needs a number}"; shift ;;
     --out) out="${2:?--out needs a directory}"; shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
@@ -73,6 +74,20 @@ fi
 "$CXX" -O2 -std=c++17 -Wall -Wextra ${openmp[@]+"${openmp[@]}"} -I"$include" ${BENCH_CXXFLAGS:-} -o "$build/makespan" \
   "$here/makespan.cpp" || { echo "run.sh: building makespan failed" >&2; exit 1; }
 
+# pools.cpp (issue 16 goal 2): pfp's front ends against oneTBB and OpenMP, each part built only where
+# the compiler finds it (Debian: libtbb-dev; OpenMP as above).
+tbb=()
+if printf '#include <tbb/parallel_for.h>\nint main() { int x = 0; tbb::parallel_for(0, 1, [&](int) { x = 1; }); return 1 - x; }\n' |
+     "$CXX" -std=c++17 -x c++ - -o "$build/tbb-probe" -ltbb 2>"$build/tbb-probe.err"; then
+  tbb=(-DPFP_BENCH_TBB)
+else
+  echo "run.sh: $CXX cannot build with oneTBB ($(head -1 "$build/tbb-probe.err"); apt-get install libtbb-dev):" \
+       "bench/pools.cpp runs without its TBB part" >&2
+fi
+# shellcheck disable=SC2086
+"$CXX" -O2 -std=c++17 -Wall -Wextra ${openmp[@]+"${openmp[@]}"} ${tbb[@]+"${tbb[@]}"} -I"$include" ${BENCH_CXXFLAGS:-} \
+  -o "$build/pools" "$here/pools.cpp" ${tbb[@]+-ltbb} || { echo "run.sh: building pools failed" >&2; exit 1; }
+
 commit="$(git -C "$here/.." rev-parse --short HEAD 2>/dev/null || echo unknown)"
 dirty=""
 [[ -n "$(git -C "$here/.." status --porcelain -- include 2>/dev/null)" ]] && dirty=" (include/ has uncommitted changes)"
@@ -81,7 +96,8 @@ dirty=""
        "$(free -g 2>/dev/null | awk '/^Mem:/ {print $2 " GiB RAM"}')"
   echo "Compilers: $("$CXX" --version | head -1); $("$CC" --version | head -1)"
   if [[ $have_python == 1 ]]; then echo "Python: $("$PYTHON" --version 2>&1)"; else echo "Python: not found (column empty)"; fi
-  if ((${#openmp[@]})); then echo "OpenMP (makespan): $CXX -fopenmp"; else echo "OpenMP (makespan): not available, its columns empty"; fi
+  if ((${#openmp[@]})); then echo "OpenMP (makespan, pools): $CXX -fopenmp"; else echo "OpenMP (makespan, pools): not available, its columns empty"; fi
+  if ((${#tbb[@]})); then echo "oneTBB (pools): $(dpkg-query -W -f '${Package} ${Version}' libtbb-dev 2>/dev/null || echo found)"; else echo "oneTBB (pools): not available, its columns empty"; fi
   [[ -n "${PFP_INCLUDE:-}" ]] && { commit="headers from $include"; dirty=""; }
   echo "pfp: $commit$dirty; mode: $([[ $quick == 1 ]] && echo quick || echo full), $runs run(s); $(date -u '+%Y-%m-%d %H:%M UTC')"
   echo "Load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -116,6 +132,7 @@ for ((i = 1; i <= runs; i++)); do
   fi
   [[ $have_python == 1 ]] && run_one python "$i" "$PYTHON" "$here/python_baselines.py" ${qflag[@]+"${qflag[@]}"}
   run_one makespan "$i" "$build/makespan" ${qflag[@]+"${qflag[@]}"}
+  run_one pools "$i" "$build/pools" ${qflag[@]+"${qflag[@]}"}
 done
 echo "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg); the runs took $((SECONDS - start)) s" >>"$out/machine.txt"
 echo >>"$out/machine.txt"
