@@ -354,22 +354,11 @@ void run_case(const Case& c) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<std::string> only;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--quick") {
-      quick = true;
-    } else if (a == "--only" && i + 1 < argc) {
-      std::stringstream ss(argv[++i]);
-      std::string item;
-      while (std::getline(ss, item, ',')) only.push_back(item);
-    } else {
-      std::fprintf(stderr,
-                   "usage: makespan [--quick] [--only reference,long_first,long_middle,long_last,pareto,decreasing,tiny]\n");
-      return 2;
-    }
-  }
-  auto want = [&](const char* name) { return only.empty() || std::find(only.begin(), only.end(), name) != only.end(); };
+  const bench::Args args = bench::parse_args(
+      argc, argv, "makespan [--quick] [--only reference,long_first,long_middle,long_last,pareto,decreasing,tiny]");
+  if (!args.ok) return 2;
+  quick = args.quick;
+  auto want = [&](const char* name) { return args.want(name); };
 
 #ifndef _OPENMP
   std::printf("SKIP omp: built without OpenMP (-fopenmp); only the pfp part runs\n");

@@ -22,6 +22,8 @@
 
 #include <pfp/pfp.hpp>
 
+#include "bench_common.hpp"
+
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -41,8 +43,11 @@
 
 namespace {
 
+using bench::fail;
+using bench::result;
+using bench::rss_bytes;
+
 bool quick = false;
-int failures = 0;
 
 double now_ns() {
   timespec ts{};
@@ -50,16 +55,6 @@ double now_ns() {
   return static_cast<double>(ts.tv_sec) * 1e9 + static_cast<double>(ts.tv_nsec);
 }
 
-void result(const char* key, double value, const char* unit) {
-  std::printf("RESULT %s %.10g %s\n", key, value, unit);
-  std::fflush(stdout);
-}
-
-void fail(const std::string& what) {
-  ++failures;
-  if (failures <= 20) std::printf("FAIL %s\n", what.c_str());
-  std::fflush(stdout);
-}
 
 // Checks every Result of a run: ok, and the value `expect(i)` returns.
 template <class Expect>
@@ -86,19 +81,6 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-// Resident set size in bytes, after handing freed heap back to the system so it counts what is
-// live rather than what malloc keeps cached.
-double rss_bytes() {
-#if defined(__GLIBC__)
-  malloc_trim(0);
-#endif
-  long size = 0, resident = 0;
-  if (FILE* f = std::fopen("/proc/self/statm", "r")) {
-    if (std::fscanf(f, "%ld %ld", &size, &resident) != 2) resident = 0;
-    std::fclose(f);
-  }
-  return static_cast<double>(resident) * static_cast<double>(sysconf(_SC_PAGESIZE));
-}
 
 pfp::Options two_workers() {
   pfp::Options o;
@@ -315,34 +297,16 @@ void bench_memory() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<std::string> only;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    if (a == "--quick") {
-      quick = true;
-    } else if (a == "--only" && i + 1 < argc) {
-      std::stringstream ss(argv[++i]);
-      std::string item;
-      while (std::getline(ss, item, ',')) only.push_back(item);
-    } else {
-      std::fprintf(stderr, "usage: pfp_bench [--quick] [--only latency,fork,trivial,cpu,repeat,bytes,memory]\n");
-      return 2;
-    }
-  }
-  auto want = [&](const char* name) { return only.empty() || std::find(only.begin(), only.end(), name) != only.end(); };
+  const bench::Args args =
+      bench::parse_args(argc, argv, "pfp_bench [--quick] [--only latency,fork,trivial,cpu,repeat,bytes,memory]");
+  if (!args.ok) return 2;
+  quick = args.quick;
   struct {
     const char* name;
     void (*run)();
   } benches[] = {{"latency", bench_latency}, {"fork", bench_fork},     {"trivial", bench_trivial}, {"cpu", bench_cpu},
                  {"repeat", bench_repeat},   {"bytes", bench_bytes}, {"memory", bench_memory}};
-  for (const auto& b : benches) {
-    if (!want(b.name)) continue;
-    try {
-      b.run();
-    } catch (const std::exception& e) {
-      fail(std::string(b.name) + ": threw " + e.what());
-    }
-  }
-  result("pfp_failures", failures, "count");
-  return failures ? 1 : 0;
+  bench::run_parts(args, benches);
+  result("pfp_failures", bench::failures, "count");
+  return bench::failures ? 1 : 0;
 }

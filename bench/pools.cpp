@@ -69,11 +69,6 @@ struct Span {
   void stop() const { g_us = std::chrono::duration<double, std::micro>(Clock::now() - t0).count(); }
 };
 
-inline void anchor(std::vector<Slot>& out, std::size_t i) {
-  Slot& s = out[i];
-  s.name = "task";
-  s.value = static_cast<std::int64_t>(i);
-}
 
 void check_slots(const char* variant, const std::vector<Slot>& out) {
   for (std::size_t i = 0; i < out.size(); ++i)
@@ -152,6 +147,14 @@ void run_executor(const char* variant, std::size_t n, pfp::Backend backend) {
 
 void pfp_executor(std::size_t n) { run_executor("pfp_executor", n, pfp::Backend::processes); }
 void pfp_executor_threads(std::size_t n) { run_executor("pfp_executor_threads", n, pfp::Backend::threads); }
+
+#if defined(PFP_BENCH_TBB) || defined(_OPENMP)
+inline void anchor(std::vector<Slot>& out, std::size_t i) {
+  Slot& s = out[i];
+  s.name = "task";
+  s.value = static_cast<std::int64_t>(i);
+}
+#endif
 
 #ifdef PFP_BENCH_TBB
 void tbb_parallel_for(std::size_t n) {

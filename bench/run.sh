@@ -6,10 +6,14 @@
 # without its OpenMP part where the compiler cannot, e.g. clang without libomp-14-dev), and
 # bench/pools.cpp (issue 16: pfp's front ends against oneTBB and OpenMP, where found).
 #
-#   bench/run.sh [--quick] [--runs N] [--out DIR]
+#   bench/run.sh [--quick] [--scaling] [--runs N] [--out DIR]
 #
 #   --quick   one run with small sizes (< ~60 s): checks that everything builds and runs and that
 #             every pfp Result is ok and correct. Exits non-zero on any failure.
+#   --scaling only bench/scaling.cpp (issue 16 goal 4: cost and memory per function from 10^2 to
+#             10^7 functions, 1 to 128 workers, results of 8 B to 1 GiB; default 3 runs): its table
+#             and plot (gnuplot) go into BENCHMARKS.md and bench/scaling.svg (with --quick: into DIR).
+#             The ordinary quick run also runs it in quick mode, as a check.
 #   --runs N  number of runs (default 5; quick: 1). Floors and pfp alternate in order from one run
 #             to the next; ratios are taken within a run and their median reported.
 #   --out DIR where the raw RESULT lines go (default: bench/build/results-<date>)
@@ -20,19 +24,21 @@
 set -u
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 quick=0
+scaling=0
 runs=""
 out=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) quick=1 ;;
+    --scaling) scaling=1 ;;
     --runs) runs="${2:?--runs needs a number}"; shift ;;
     --out) out="${2:?--out needs a directory}"; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
 done
-[[ -z "$runs" ]] && runs=$([[ $quick == 1 ]] && echo 1 || echo 5)
+[[ -z "$runs" ]] && runs=$([[ $quick == 1 ]] && echo 1 || { [[ $scaling == 1 ]] && echo 3; } || echo 5)
 [[ "$runs" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: --runs wants a positive number" >&2; exit 2; }
 qflag=()
 [[ $quick == 1 ]] && qflag=(--quick)
@@ -56,6 +62,27 @@ mkdir -p "$out" || exit 1
 build="$out"  # the binaries live beside their results, so concurrent runs do not clobber each other
 
 echo "== build ($CC, $CXX, -O2)" >&2
+# shellcheck disable=SC2086
+"$CXX" -O2 -std=c++17 -Wall -Wextra -I"$include" ${BENCH_CXXFLAGS:-} -o "$build/scaling" "$here/scaling.cpp" ||
+  { echo "run.sh: building scaling failed" >&2; exit 1; }
+if [[ $scaling == 1 ]]; then
+  {
+    echo "Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | sed 's/.*: //')), Linux $(uname -r)," \
+         "$(free -g 2>/dev/null | awk '/^Mem:/ {print $2 " GiB RAM"}')"
+    echo "pfp: $(git -C "$here/.." rev-parse --short HEAD 2>/dev/null || echo unknown); scaling, $([[ $quick == 1 ]] && echo quick || echo full)," \
+         "$runs run(s); $(date -u '+%Y-%m-%d %H:%M UTC'); load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)"
+  } >"$out/machine.txt"
+  rc=0
+  for ((i = 1; i <= runs; i++)); do
+    echo "== scaling run $i/$runs" >&2
+    "$build/scaling" ${qflag[@]+"${qflag[@]}"} >"$out/run$i.scaling.txt" 2>"$out/run$i.scaling.err" || { rc=1; grep '^FAIL' "$out/run$i.scaling.txt" >&2; }
+  done
+  echo "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$out/machine.txt"
+  targets=(--md "$here/../BENCHMARKS.md" --plot "$here/scaling.svg")
+  [[ $quick == 1 ]] && targets=(--md "$out/scaling.md" --plot "$out/scaling.svg")
+  command -v "$PYTHON" >/dev/null 2>&1 && { "$PYTHON" "$here/aggregate.py" --scaling "${targets[@]}" "$out" || rc=1; }
+  exit $rc
+fi
 # shellcheck disable=SC2086
 "$CC" -O2 -std=c11 -Wall -Wextra ${BENCH_CFLAGS:-} -o "$build/floors" "$here/floors.c" || { echo "run.sh: building floors failed" >&2; exit 1; }
 # shellcheck disable=SC2086
@@ -133,6 +160,7 @@ for ((i = 1; i <= runs; i++)); do
   [[ $have_python == 1 ]] && run_one python "$i" "$PYTHON" "$here/python_baselines.py" ${qflag[@]+"${qflag[@]}"}
   run_one makespan "$i" "$build/makespan" ${qflag[@]+"${qflag[@]}"}
   run_one pools "$i" "$build/pools" ${qflag[@]+"${qflag[@]}"}
+  [[ $quick == 1 ]] && run_one scaling "$i" "$build/scaling" --quick
 done
 echo "Load average at the end: $(cut -d' ' -f1-3 /proc/loadavg); the runs took $((SECONDS - start)) s" >>"$out/machine.txt"
 echo >>"$out/machine.txt"
