@@ -4,6 +4,8 @@
 // What a pfp::Manager hands its handler: BuildContext to build_items() in the parent, ItemContext
 // to handle_item() in a worker (shared values, stats, the worker's number, log lines).
 
+#include <pfp/detail/item_log_channel.hpp>
+#include <pfp/detail/manager_support.hpp>
 #include <pfp/error.hpp>
 #include <pfp/stats.hpp>
 #include <pfp/value.hpp>
@@ -32,6 +34,7 @@ struct ManagerRunState {
   bool frozen = false;
   std::optional<std::size_t> expected;
   unsigned workers = 1;
+  ItemLogChannel log_channel;  // the handlers' ctx.log() lines, as they are written
 };
 
 }  // namespace detail
@@ -98,9 +101,15 @@ class ItemContext {
     return *v;
   }
 
-  /// Adds a line to this item's log: the Logger receives it (ItemLog::messages) with the item's
-  /// verdict, in the parent, so lines of different workers never interleave.
-  void log(std::string line) { messages_.push_back(std::move(line)); }
+  /// Adds a line to this item's log. The Logger receives it in the parent as it is written (an
+  /// ItemLog with `live` set; worker processes and threads send it at once, the inline backend
+  /// when the item ends), and again in the item's final ItemLog::messages: lines of different
+  /// workers never interleave, and lines written before the item threw, crashed or timed out
+  /// are kept. A line over 60 KiB is cut, saying how much was cut.
+  void log(std::string line) {
+    if (channel_ && channel_->send(seq_, worker_, detail::ItemLogChannel::Kind::line, line)) return;
+    messages_.push_back(std::move(line));  // goes with the item's result
+  }
 
   /// The worker slot running this item, 0 .. workers-1.
   unsigned worker() const noexcept { return worker_; }
@@ -110,14 +119,51 @@ class ItemContext {
  private:
   template <class H>
   friend class Manager;
-  ItemContext(const Value& shared, unsigned worker, std::uint64_t seq) noexcept
-      : shared_(&shared), worker_(worker), seq_(seq) {}
+  ItemContext(const Value& shared, unsigned worker, std::uint64_t seq, detail::ItemLogChannel* channel) noexcept
+      : shared_(&shared), worker_(worker), seq_(seq), channel_(channel) {}
   const Value* shared_;
   unsigned worker_;
   std::uint64_t seq_;
+  detail::ItemLogChannel* channel_;
   std::vector<std::string> messages_;
 };
 
+/// What a Manager needs from Handler, checked with readable static_assert messages by Manager.
+/// A handler is any class with
+///   required  auto build_items(pfp::BuildContext&)  (or build_items()): the items, as a range
+///             (begin/end; input iterators suffice, e.g. pfp::batches(...)) or a generator
+///             callable returning std::optional<Item> (std::nullopt ends the items). Called once
+///             per run, in the parent, before any worker starts; the range is read lazily during
+///             the run. Item must convert to and from pfp::Value (to_value/from_value for your
+///             own types).
+///   required  void handle_item(const Item&, pfp::ItemContext&): handles one item, in a worker.
+///             Throwing fails the item.
+///   optional  log_item(const Item&) -> std::string or a number: the item's label in logs and in
+///             ExitStatus::error_target (default: the item's seq). Called in the parent when the
+///             item is handed out, so a crashed item still has its label.
+///   optional  void reset_stats(pfp::Stats&): called on each item's fresh stats before
+///             handle_item (e.g. to list counters at 0 so they appear in the totals).
+template <class Handler>
+struct handler_traits {
+  static constexpr bool has_build_items = detail::builds_with_context<Handler>::value || detail::builds_plain<Handler>::value;
+  using source_type = typename detail::build_result<Handler>::type;
+  static constexpr bool source_is_range = detail::is_range_source<source_type>::value;
+  static constexpr bool source_is_generator = detail::is_generator_source<source_type>::value;
+  static constexpr bool valid_source = has_build_items && (source_is_range || source_is_generator);
+  using item_type = typename detail::item_of<source_type>::type;
+  static constexpr bool item_converts = valid_source && detail::converts_to_value<item_type>::value;
+  static constexpr bool has_handle_item = valid_source && detail::has_handle_item<Handler, item_type>::value;
+  using label_type = typename detail::log_item_result<Handler, item_type>::type;
+  static constexpr bool has_log_item = valid_source && detail::log_item_result<Handler, item_type>::present;
+  static constexpr bool valid_log_item =
+      !has_log_item || std::is_convertible_v<label_type, std::string> || std::is_arithmetic_v<label_type>;
+  static constexpr bool has_reset_stats = detail::has_reset_stats<Handler>::value;
+  static constexpr bool valid = valid_source && item_converts && has_handle_item && valid_log_item;
+};
+
+/// True if Handler satisfies handler_traits (what Manager<Handler> requires).
+template <class Handler>
+inline constexpr bool is_handler_v = handler_traits<Handler>::valid;
 
 }  // namespace pfp
 

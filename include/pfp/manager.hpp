@@ -7,6 +7,7 @@
 // parent merges them, logs the item and draws the progress. The run ends with an ExitStatus.
 
 #include <pfp/detail/manager_support.hpp>
+#include <pfp/exit_status.hpp>
 #include <pfp/handler_context.hpp>
 #include <pfp/detail/run_feed.hpp>
 #include <pfp/detail/wake_pipe.hpp>
@@ -59,8 +60,13 @@ struct ManagerOptions : Options {
   /// Most items handed out and not yet finished (the bounded queue: the item source is not read
   /// while it is full). 0 = twice the number of workers.
   std::size_t max_in_flight = 0;
-  /// Receives one ItemLog per finished item (stderr_logger() by default; silent_logger() for none).
+  /// Receives one ItemLog per finished item (stderr_logger() by default; silent_logger() for none),
+  /// and with live_log one per ItemContext::log() line as it is written. Once it threw, it is not
+  /// called again (the run stops with what it threw).
   Logger logger = stderr_logger();
+  /// ItemContext::log() lines reach the logger as they are written (ItemLog::live), not only in
+  /// the item's final record.
+  bool live_log = true;
   /// The progress report (a live line on a terminal, plain lines elsewhere; see ProgressOptions).
   ProgressOptions progress;
   /// Ctrl-C (SIGINT) during run() stops the run: no more items, the running ones killed, code 2
@@ -70,89 +76,10 @@ struct ManagerOptions : Options {
   bool handle_sigint = true;
 };
 
-/// One failed item.
-struct ItemFailure {
-  std::uint64_t seq = 0;  ///< the item's number in the run, from 0
-  std::string label;      ///< its log label (log_item), or its seq
-  Status status = Status::exception;
-  std::string error;      ///< the cause: exception type and what(), signal, time limit
-};
-
-/// How a Manager run ended.
-struct ExitStatus {
-  static constexpr int success = 0;      ///< every item handled
-  static constexpr int failure = 1;      ///< an item failed, the item source threw, or the run could not go on
-  static constexpr int interrupted = 2;  ///< SIGINT (Ctrl-C)
-  static constexpr int cancelled = 3;    ///< Manager::cancel()
-
-  int code = success;
-  /// "Success"; "Keyboard interrupt"; "Cancelled"; for a failed item "<status>: <cause>", e.g.
-  /// "exception: std::runtime_error: no such file"; "the item builder threw <type>: <what>".
-  std::string message = "Success";
-  /// The label of the item the failure is about (the first failure under continue_on_error).
-  /// Set whenever there is one -- "0" included -- and empty when the failure is not an item's.
-  std::optional<std::string> error_target;
-  double seconds = 0;  ///< wall time of the run
-
-  std::size_t items_ok = 0;         ///< items handled without failure
-  std::size_t items_failed = 0;     ///< items that threw, crashed or timed out
-  std::size_t items_cancelled = 0;  ///< items stopped by fail-fast, an interrupt or cancel()
-  std::vector<ItemFailure> failures;  ///< every failed item, in the order they finished
-  Stats stats;                      ///< the run's final stats
-
-  bool ok() const noexcept { return code == success; }
-};
-
-/// "code 0 (Success) in 1.234 s", "code 1 (exception: std::runtime_error: boom) target 0 in 0.100 s".
-inline std::string to_string(const ExitStatus& s) {
-  char secs[32];
-  std::snprintf(secs, sizeof secs, "%.3f s", s.seconds);
-  std::string out = "code " + std::to_string(s.code) + " (" + s.message + ")";
-  if (s.error_target) out += " target " + *s.error_target;
-  return out + " in " + secs;
-}
-
-inline std::ostream& operator<<(std::ostream& os, const ExitStatus& s) { return os << to_string(s); }
 
 template <class Handler>
 class Manager;
 
-/// What a Manager needs from Handler, checked with readable static_assert messages by Manager.
-/// A handler is any class with
-///   required  auto build_items(pfp::BuildContext&)  (or build_items()): the items, as a range
-///             (begin/end; input iterators suffice, e.g. pfp::batches(...)) or a generator
-///             callable returning std::optional<Item> (std::nullopt ends the items). Called once
-///             per run, in the parent, before any worker starts; the range is read lazily during
-///             the run. Item must convert to and from pfp::Value (to_value/from_value for your
-///             own types).
-///   required  void handle_item(const Item&, pfp::ItemContext&): handles one item, in a worker.
-///             Throwing fails the item.
-///   optional  log_item(const Item&) -> std::string or a number: the item's label in logs and in
-///             ExitStatus::error_target (default: the item's seq). Called in the parent when the
-///             item is handed out, so a crashed item still has its label.
-///   optional  void reset_stats(pfp::Stats&): called on each item's fresh stats before
-///             handle_item (e.g. to list counters at 0 so they appear in the totals).
-template <class Handler>
-struct handler_traits {
-  static constexpr bool has_build_items = detail::builds_with_context<Handler>::value || detail::builds_plain<Handler>::value;
-  using source_type = typename detail::build_result<Handler>::type;
-  static constexpr bool source_is_range = detail::is_range_source<source_type>::value;
-  static constexpr bool source_is_generator = detail::is_generator_source<source_type>::value;
-  static constexpr bool valid_source = has_build_items && (source_is_range || source_is_generator);
-  using item_type = typename detail::item_of<source_type>::type;
-  static constexpr bool item_converts = valid_source && detail::converts_to_value<item_type>::value;
-  static constexpr bool has_handle_item = valid_source && detail::has_handle_item<Handler, item_type>::value;
-  using label_type = typename detail::log_item_result<Handler, item_type>::type;
-  static constexpr bool has_log_item = valid_source && detail::log_item_result<Handler, item_type>::present;
-  static constexpr bool valid_log_item =
-      !has_log_item || std::is_convertible_v<label_type, std::string> || std::is_arithmetic_v<label_type>;
-  static constexpr bool has_reset_stats = detail::has_reset_stats<Handler>::value;
-  static constexpr bool valid = valid_source && item_converts && has_handle_item && valid_log_item;
-};
-
-/// True if Handler satisfies handler_traits (what Manager<Handler> requires).
-template <class Handler>
-inline constexpr bool is_handler_v = handler_traits<Handler>::valid;
 
 /// Runs a handler over its items with worker processes (Options::backend may choose threads or
 /// the calling thread instead). See handler_traits for what a handler provides.
@@ -236,7 +163,7 @@ class Manager {
   class ItemFeed final : public detail::Feed {
    public:
     ItemFeed(Manager& m, Stream& items, std::size_t bound, detail::ProgressLine& progress)
-        : m_(m), items_(items), bound_(bound), progress_(progress) {
+        : m_(m), items_(items), bound_(bound), progress_(progress), logger_(m.options_.logger) {
       wake_.open();
     }
 
@@ -277,9 +204,42 @@ class Manager {
     bool finished() override { return stopped_ || exhausted_; }
     int wake_fd() const override { return wake_.read_fd(); }
     std::optional<std::size_t> size_hint() const override { return items_.size(); }
-    bool stop_requested() override { return stopped_; }
+    bool stop_requested() override {
+      stop_heard_ = stop_heard_ || stopped_;
+      return stopped_;
+    }
+    int side_fd() const override { return m_.state_.log_channel.fd(); }
+    void side_ready() override { take_lines(); }
+
+    // Not a stop the run asked for: the run cannot go on (no worker process can be started), so
+    // every item left gets that verdict; a run with items left unhandled is no success.
+    void drop_rest(const std::string& why) override {
+      if (stop_heard_ || exhausted_ || m_.cancel_->requested() || logger_.threw()) return;
+      exhausted_ = true;
+      while (!m_.cancel_->requested()) {
+        std::optional<item_type> item;
+        try {
+          item = items_.next();
+        } catch (...) {
+          source_failed("the item builder threw " + detail::describe_current_exception(), std::nullopt);
+          return;
+        }
+        if (!item) return;
+        ItemLog log;
+        log.seq = pulled_++;
+        log.label = std::to_string(log.seq);
+        try {
+          log.label = m_.label_of(*item, log.seq);
+        } catch (...) {
+        }
+        log.status = Status::cancelled;
+        log.error = why;
+        record(log.seq, log);
+      }
+    }
 
     void deliver(std::uint64_t seq, Result&& r) override {
+      take_lines();  // those written before the item's result came
       if (in_flight_ > 0) --in_flight_;
       if (waiting_) {
         waiting_ = false;
@@ -293,18 +253,28 @@ class Manager {
       log.status = r.status;
       log.error = std::move(r.error);
       log.duration = r.duration;
+      std::optional<unsigned> threw_in;  // the worker that reported the item threw
+      if (auto it = lines_.find(seq); it != lines_.end()) {
+        log.messages = std::move(it->second.lines);
+        log.messages_shown = m_.options_.live_log ? log.messages.size() : 0;
+        threw_in = it->second.threw_in;
+        lines_.erase(it);
+      }
       if (r.status == Status::ok) {
         try {
           const Value& v = r.result;
           log.worker = v.at("w").as<unsigned>();
           Stats delta = v.at("s").as<Stats>();
-          if (const Value* m = v.find("m")) log.messages = m->as<std::vector<std::string>>();
+          if (const Value* m = v.find("m"))
+            for (std::string& line : m->as<std::vector<std::string>>()) log.messages.push_back(std::move(line));
           std::lock_guard<std::mutex> lock(m_.state_.mu);
           m_.state_.totals.merge(delta);
         } catch (...) {
           log.status = Status::exception;
           log.error = "pfp::Manager: the item's stats could not be merged: " + detail::describe_current_exception();
         }
+      } else if (r.status == Status::exception) {
+        log.worker = threw_in;  // a live worker: only a dead one is known by its pid alone
       }
       record(seq, log);
     }
@@ -329,6 +299,7 @@ class Manager {
     std::size_t failed() const noexcept { return failed_; }
     std::size_t cancelled() const noexcept { return cancelled_; }
     std::size_t done() const noexcept { return ok_ + failed_ + cancelled_; }
+    bool stopped() const noexcept { return stopped_; }
     std::vector<ItemFailure>& failures() noexcept { return failures_; }
     const std::optional<std::string>& source_error() const noexcept { return source_error_; }
     // The first failure (an item's or the source's): its message and target.
@@ -336,6 +307,40 @@ class Manager {
 
    private:
     void drain() noexcept { wake_.drain(); }
+
+    // What the handlers logged so far: kept for each item's final record, and passed on live.
+    void take_lines() {
+      for (detail::ItemLogChannel::Record& rec : m_.state_.log_channel.take()) {
+        Lines& kept = lines_[rec.seq];
+        if (rec.kind == detail::ItemLogChannel::Kind::failed) {
+          kept.threw_in = rec.worker;
+          continue;
+        }
+        kept.lines.push_back(rec.text);
+        if (!m_.options_.live_log) continue;
+        ItemLog log;
+        log.seq = rec.seq;
+        auto label = labels_.find(rec.seq);
+        log.label = label != labels_.end() ? label->second : std::to_string(rec.seq);
+        log.worker = rec.worker;
+        log.pid = rec.pid;
+        log.live = true;
+        log.messages.push_back(std::move(rec.text));
+        call_logger(log);
+      }
+    }
+
+    void call_logger(const ItemLog& log) {
+      if (!m_.options_.logger || logger_.threw()) return;
+      progress_.suspend();
+      try {
+        logger_(log);
+      } catch (...) {
+        stopped_ = true;  // the engine stops the run and rethrows: the items it cancels are no failures
+        throw;
+      }
+      progress_.resume();
+    }
 
     void source_failed(std::string message, std::optional<std::string> target) {
       exhausted_ = true;
@@ -369,19 +374,15 @@ class Manager {
         if (!first_) first_.emplace(std::string(to_string(log.status)) + ": " + log.error, log.label);
         if (m_.options_.on_error == ErrorPolicy::fail_fast) stopped_ = true;
       }
-      if (m_.options_.logger) {
-        progress_.suspend();
-        try {
-          m_.options_.logger(log);
-        } catch (...) {
-          stopped_ = true;  // the engine stops the run and rethrows: the items it cancels are no failures
-          throw;
-        }
-        progress_.resume();
-      }
+      call_logger(log);
       if (m_.state_.expected) progress_.set_total(m_.state_.expected);
-      progress_.update(done(), failed_);
+      progress_.update(ok_ + failed_, failed_, cancelled_);
     }
+
+    struct Lines {
+      std::vector<std::string> lines;
+      std::optional<unsigned> threw_in;
+    };
 
     Manager& m_;
     Stream& items_;
@@ -393,6 +394,9 @@ class Manager {
     bool waiting_ = false;    // pull() said "not now" because the bound was reached
     bool exhausted_ = false;  // the source has no more items (or threw)
     bool stopped_ = false;    // fail-fast: a failure stops the run
+    bool stop_heard_ = false;  // the engine saw stopped_: what it drops is that stop's
+    detail::UserCallback<const Logger> logger_;
+    std::unordered_map<std::uint64_t, Lines> lines_;  // of the items in flight
     std::unordered_map<std::uint64_t, std::string> labels_;  // of the items in flight
     std::deque<std::pair<std::uint64_t, std::string>> recent_;  // labels of the last items delivered (for amend)
     std::size_t ok_ = 0;
@@ -419,9 +423,16 @@ class Manager {
   // Runs in the worker: one item with the worker's handler.
   void handle(Handler& h, const detail::TaskView& task, Result& r) const {
     const item_type item = decode(task.payload).template as<item_type>();
-    ItemContext ctx(state_.shared, task.worker, task.seq);
+    ItemContext ctx(state_.shared, task.worker, task.seq, &state_.log_channel);
     if constexpr (traits::has_reset_stats) h.reset_stats(ctx.stats);
-    h.handle_item(item, ctx);
+    try {
+      h.handle_item(item, ctx);
+    } catch (...) {
+      // The worker lives on: the parent logs the item as this worker's, with the lines it wrote.
+      state_.log_channel.send(task.seq, task.worker, detail::ItemLogChannel::Kind::failed, {});
+      for (const std::string& line : ctx.messages_) state_.log_channel.send(task.seq, task.worker, detail::ItemLogChannel::Kind::line, line);
+      throw;
+    }
     Value out = Value::object();
     out["w"] = task.worker;
     out["s"] = Value(ctx.stats);
@@ -450,16 +461,19 @@ class Manager {
     try {
       cancel_->open();
       opened = true;
+      state_.log_channel.open(detail::isolated_workers(options_));
     } catch (...) {
       run_error = "pfp::Manager: " + detail::describe_current_exception();
     }
     struct CloseCancel {
       detail::CancelState& state;
+      detail::ItemLogChannel& channel;
       bool open;
       ~CloseCancel() {
+        channel.close();
         if (open) state.close();
       }
-    } close_cancel{*cancel_, opened};
+    } close_cancel{*cancel_, state_.log_channel, opened};
     {
       detail::SigintScope sigint(&target, options_.handle_sigint && !run_error);
       BuildContext ctx(state_);
@@ -504,7 +518,9 @@ class Manager {
       st.items_failed = feed->failed();
       st.items_cancelled = feed->cancelled();
       st.failures = std::move(feed->failures());
-      if (progress) progress->finish(feed->done(), feed->failed());
+      if (progress)
+        progress->finish(feed->ok() + feed->failed(), feed->failed(), feed->cancelled(),
+                         interrupted || (opened && cancel_->requested()) || feed->stopped());
     }
     if (interrupted) {
       st.code = ExitStatus::interrupted;

@@ -134,6 +134,7 @@ class ItemFeed final : public Feed {
   std::optional<std::size_t> size_hint() const override { return items_; }
   void deliver(std::uint64_t seq, Result&& r) override { on_item_(static_cast<std::size_t>(seq), std::move(r)); }
   void drop_rest(const std::string& why) override {
+    if (on_item_.threw()) return;  // the run stops for what it threw: it hears of nothing more
     for (; next_ < items_; ++next_) {
       Result r;
       r.index = static_cast<std::size_t>(next_);
@@ -145,7 +146,7 @@ class ItemFeed final : public Feed {
 
  private:
   std::uint64_t items_;
-  OnItem& on_item_;
+  UserCallback<OnItem> on_item_;
   std::uint64_t next_ = 0;
 };
 
@@ -351,15 +352,24 @@ class StreamFeed final : public Feed {
     }
     wake_.ring();
   }
-  void drop_rest(const std::string&) override { done_ = true; }
+  // Stopped for what on_result threw (it hears of nothing more), or the run cannot go on: the
+  // items not yet taken from the source will not run, which run_imap() must not keep quiet.
+  void drop_rest(const std::string& why) override {
+    if (!done_ && !on_item_.threw()) cut_short_ = why;
+    done_ = true;
+  }
+  /// Why the run ended before the source did (empty: it did not).
+  const std::string& cut_short() const noexcept { return cut_short_; }
+  std::size_t emitted() const noexcept { return emitted_; }
 
  private:
   Cursor& cursor_;
   std::size_t chunk_;
   std::size_t max_in_flight_;
   bool ordered_;
-  OnItem& on_item_;
+  UserCallback<OnItem> on_item_;
   bool done_ = false;
+  std::string cut_short_;
   std::exception_ptr source_error_;
   std::size_t pulled_ = 0;
   std::size_t emitted_ = 0;
@@ -394,6 +404,9 @@ void run_imap(const MapOptions& o, F& f, Source& source, OnResult& on_result, bo
   auto emit = [&](Result&& r) { on_result(std::move(r)); };
   StreamFeed<Cursor, decltype(emit)> feed(cursor, chunk, bound, ordered, emit);
   run_feed(runner, o, feed, nullptr);
+  if (!feed.cut_short().empty())
+    throw error("pfp::imap: the run ended after " + std::to_string(feed.emitted()) +
+                " items, before the source did (the rest were not taken from it): " + feed.cut_short());
 }
 
 }  // namespace detail

@@ -7,6 +7,7 @@
 #include <pfp/batch.hpp>
 #include <pfp/error.hpp>
 #include <pfp/executor.hpp>
+#include <pfp/exit_status.hpp>
 #include <pfp/future.hpp>
 #include <pfp/manager.hpp>
 #include <pfp/map.hpp>

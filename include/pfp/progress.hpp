@@ -33,20 +33,27 @@ struct ItemLog {
   std::string error;                ///< the cause when status is not ok
   std::chrono::nanoseconds duration{};
   std::vector<std::string> messages;  ///< what the handler wrote with ItemContext::log(), in order
+  /// True for a line the handler wrote while the item runs (ItemContext::log): `messages` holds
+  /// that one line, `status` and `duration` mean nothing yet. False for the item's final record.
+  bool live = false;
+  /// In the final record: how many of `messages` (the first ones) the Logger already received
+  /// live.
+  std::size_t messages_shown = 0;
 };
 
 /// Receives one ItemLog per handled item, in completion order, on the thread that runs the
 /// Manager. Any callable; an empty Logger logs nothing.
 using Logger = std::function<void(const ItemLog&)>;
 
-/// The text stderr_logger() writes for `log`: one line per handler message, then the verdict line,
-/// each starting with "[worker N] <label>: " ("[pid P]" when the slot is unknown), with a
-/// trailing newline.
+/// The text stderr_logger() writes for `log`: one line per handler message not shown live yet,
+/// then (in a final record) the verdict line, each starting with "[worker N] <label>: " ("[pid P]"
+/// when the item's worker did not report back: it died), with a trailing newline.
 inline std::string format_item_log(const ItemLog& log) {
   std::string prefix = log.worker ? "[worker " + std::to_string(*log.worker) + "] " : "[pid " + std::to_string(log.pid) + "] ";
   prefix += log.label + ": ";
   std::string out;
-  for (const std::string& m : log.messages) out += prefix + m + "\n";
+  for (std::size_t i = log.live ? 0 : log.messages_shown; i < log.messages.size(); ++i) out += prefix + log.messages[i] + "\n";
+  if (log.live) return out;
   char secs[32];
   std::snprintf(secs, sizeof secs, "%.3f s", std::chrono::duration<double>(log.duration).count());
   out += prefix;
@@ -97,6 +104,8 @@ struct ProgressSnapshot {
   std::size_t failed = 0;              ///< of them, failed
   std::optional<std::size_t> total;    ///< items in the run, when known
   std::chrono::nanoseconds elapsed{};  ///< since the run started
+  std::size_t cancelled = 0;           ///< items stopped before they finished (not in `done`)
+  bool stopped = false;                ///< the run was stopped early: there is no ETA
 };
 
 namespace detail {
@@ -121,7 +130,8 @@ inline std::string format_duration(double seconds) {
 /// One progress line without line ending, e.g.
 ///   "progress: 37/100 (37%) | 12.3 items/s | ETA 5s | 0 failed | 3s elapsed"
 /// or, when the total is unknown, "progress: 37 items | 12.3 items/s | 0 failed | 3s elapsed".
-/// The ETA is "?" until an item has finished.
+/// The ETA is "?" until an item has finished; a stopped run has none, and cancelled items show
+/// as "| 3 cancelled" after the failures.
 inline std::string format_progress(const ProgressSnapshot& s) {
   const double secs = std::chrono::duration<double>(s.elapsed).count();
   const double rate = secs > 0 ? static_cast<double>(s.done) / secs : 0.0;
@@ -135,7 +145,7 @@ inline std::string format_progress(const ProgressSnapshot& s) {
   char buf[64];
   std::snprintf(buf, sizeof buf, " | %.1f items/s", rate);
   out += buf;
-  if (s.total) {
+  if (s.total && !s.stopped) {
     out += " | ETA ";
     if (s.done >= *s.total) {
       out += "0s";
@@ -145,7 +155,9 @@ inline std::string format_progress(const ProgressSnapshot& s) {
       out += "?";
     }
   }
-  out += " | " + std::to_string(s.failed) + " failed | " + detail::format_duration(secs) + " elapsed";
+  out += " | " + std::to_string(s.failed) + " failed";
+  if (s.cancelled) out += " | " + std::to_string(s.cancelled) + " cancelled";
+  out += " | " + detail::format_duration(secs) + " elapsed";
   return out;
 }
 
@@ -167,9 +179,10 @@ class ProgressLine {
   void set_total(std::optional<std::size_t> total) noexcept { total_ = total; }
 
   /// Counts changed: redraws (terminal) or prints a line (plain) if enough time has passed.
-  void update(std::size_t done, std::size_t failed) {
+  void update(std::size_t done, std::size_t failed, std::size_t cancelled = 0) {
     done_ = done;
     failed_ = failed;
+    cancelled_ = cancelled;
     const auto now = Clock::now();
     if (mode_ == ProgressMode::terminal && now - last_ >= opt_.refresh) draw(now);
     if (mode_ == ProgressMode::plain && now - last_ >= opt_.interval) line(now);
@@ -186,10 +199,13 @@ class ProgressLine {
     if (mode_ == ProgressMode::terminal) draw(Clock::now());
   }
 
-  /// The run ended: the final state, then a line end (terminal) or a last line (plain).
-  void finish(std::size_t done, std::size_t failed) {
+  /// The run ended (`stopped`: before its end): the final state, then a line end (terminal) or a
+  /// last line (plain).
+  void finish(std::size_t done, std::size_t failed, std::size_t cancelled = 0, bool stopped = false) {
     done_ = done;
     failed_ = failed;
+    cancelled_ = cancelled;
+    stopped_ = stopped;
     const auto now = Clock::now();
     if (mode_ == ProgressMode::terminal) {
       draw(now);
@@ -202,7 +218,8 @@ class ProgressLine {
 
  private:
   std::string text(Clock::time_point now) const {
-    return format_progress(ProgressSnapshot{done_, failed_, total_, std::chrono::duration_cast<std::chrono::nanoseconds>(now - start_)});
+    return format_progress(ProgressSnapshot{done_, failed_, total_, std::chrono::duration_cast<std::chrono::nanoseconds>(now - start_),
+                                            cancelled_, stopped_});
   }
   void draw(Clock::time_point now) {
     write("\r\033[K" + text(now));
@@ -222,6 +239,8 @@ class ProgressLine {
   Clock::time_point last_;
   std::size_t done_ = 0;
   std::size_t failed_ = 0;
+  std::size_t cancelled_ = 0;
+  bool stopped_ = false;
   bool drawn_ = false;
 };
 

@@ -16,6 +16,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 
 namespace pfp {
 
@@ -97,6 +98,39 @@ class Feed {
 
   /// Polled by the backend between tasks: true asks it to stop as if cancelled (fail-fast).
   virtual bool stop_requested() { return false; }
+
+  /// A descriptor the process backend watches for the whole run (-1: none), for what tasks send
+  /// the parent while they run besides their results (the Manager's log lines); side_ready() is
+  /// called when it is readable. May throw: the backend then stops the run as if cancelled and
+  /// rethrows.
+  virtual int side_fd() const { return -1; }
+  virtual void side_ready() {}
+};
+
+/// A user's callback that a feed hands results to (on_result, a Manager's logger). What it throws
+/// stops the run and is rethrown by the backend; from then on it is never called again, whatever
+/// the stop still delivers (tasks killed or never started, tasks of other threads finishing).
+template <class F>
+class UserCallback {
+ public:
+  explicit UserCallback(F& f) noexcept : f_(&f) {}
+  /// Calls the callback unless it threw before; false if it was not called.
+  template <class... Args>
+  bool operator()(Args&&... args) {
+    if (threw_) return false;
+    try {
+      (*f_)(std::forward<Args>(args)...);
+    } catch (...) {
+      threw_ = true;
+      throw;
+    }
+    return true;
+  }
+  bool threw() const noexcept { return threw_; }
+
+ private:
+  F* f_;
+  bool threw_ = false;
 };
 
 

@@ -123,6 +123,7 @@ class Pool {
     if (tasks_.live == 0 && tasks_.pending.empty() && feed_exhausted()) return false;
     const int ready = wait_for_events();
     serve_ready(ready);
+    serve_side();
     look_into_busy_rings();
     const auto now = Clock::now();
     enforce_timeouts(now);
@@ -141,6 +142,8 @@ class Pool {
     polled_.clear();
     if (cancel_ && cancel_->wake_fd() >= 0) poll_fds_.push_back(pollfd{cancel_->wake_fd(), POLLIN, 0});
     if (feed_waiting_ && feed_.wake_fd() >= 0) poll_fds_.push_back(pollfd{feed_.wake_fd(), POLLIN, 0});
+    side_at_ = feed_.side_fd() >= 0 ? poll_fds_.size() : std::numeric_limits<std::size_t>::max();
+    if (feed_.side_fd() >= 0) poll_fds_.push_back(pollfd{feed_.side_fd(), POLLIN, 0});
     leaving_.append_poll_fds(poll_fds_);  // wake-ups only: a retired worker has exited
     polled_.resize(poll_fds_.size(), nullptr);
     for (auto& w : workers_) {
@@ -167,6 +170,16 @@ class Pool {
       } else {
         read_from(*polled_[k]);
       }
+    }
+  }
+
+  // What tasks sent besides their results (Feed::side_fd) goes to the feed as it comes.
+  void serve_side() {
+    if (side_at_ >= poll_fds_.size() || !poll_fds_[side_at_].revents) return;
+    try {
+      feed_.side_ready();
+    } catch (...) {
+      consumer_failed();
     }
   }
 
@@ -227,6 +240,7 @@ class Pool {
   std::vector<Worker*> dispatched_;        // ... nor per message
   std::vector<pollfd> poll_fds_;           // what wait_for_events() polls ...
   std::vector<Worker*> polled_;            // ... and whose each is (null: not a worker's)
+  std::size_t side_at_ = 0;                // where in poll_fds_ Feed::side_fd is (SIZE_MAX: not there)
   Clock::time_point last_sweep_ = Clock::now();
 
   bool feed_exhausted() const noexcept { return feed_done_ || source_error_; }
