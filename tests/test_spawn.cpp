@@ -97,8 +97,8 @@ TEST_CASE("Leaving: reaps processes once they are gone, kills those past their g
   pfp::detail::Leaving<int> leaving;
   const pid_t quick = child_exiting_after(0);
   const pid_t stuck = child_exiting_after(-1);
-  leaving.add(quick, 1, std::chrono::milliseconds(10000));
-  leaving.add(stuck, 2, std::chrono::milliseconds(200));
+  leaving.add(quick, pfp::detail::UniqueFd(pfp::detail::open_pidfd(quick)), 1, std::chrono::milliseconds(10000));
+  leaving.add(stuck, pfp::detail::UniqueFd(pfp::detail::open_pidfd(stuck)), 2, std::chrono::milliseconds(200));
   auto note = [&](int k) { done.push_back(k); };
 
   // The quick one is reaped without waiting for anything; the stuck one is left alone.
@@ -123,12 +123,12 @@ TEST_CASE("Leaving: reaps processes once they are gone, kills those past their g
 
   // finish() waits for each within its grace; kill_all() does not wait at all.
   const pid_t slow = child_exiting_after(100);
-  leaving.add(slow, 3, std::chrono::milliseconds(5000));
+  leaving.add(slow, pfp::detail::UniqueFd(pfp::detail::open_pidfd(slow)), 3, std::chrono::milliseconds(5000));
   leaving.finish(note);
   CHECK(done.back() == 3);
   CHECK(reaped(slow));
   const pid_t forever = child_exiting_after(-1);
-  leaving.add(forever, 4, std::chrono::milliseconds(60000));
+  leaving.add(forever, pfp::detail::UniqueFd(pfp::detail::open_pidfd(forever)), 4, std::chrono::milliseconds(60000));
   const auto t1 = Clock::now();
   leaving.kill_all();
   CHECK(elapsed_ms(t1) < 2000);

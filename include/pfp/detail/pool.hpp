@@ -194,7 +194,7 @@ class Pool {
   void sweep_exited(Clock::time_point now) {
     last_sweep_ = now;
     for (auto& w : workers_)
-      if (w->pid > 0 && has_exited(w->pid)) worker_ended(*w);
+      if (w->pid > 0 && has_exited(w->pid, w->pidfd.get())) worker_ended(*w);
   }
 
   static constexpr std::size_t read_chunk = WorkerEnd::read_chunk;

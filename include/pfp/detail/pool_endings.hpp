@@ -59,6 +59,7 @@ inline void Pool::close_pipes(Worker& w) {
   std::string().swap(w.out);
   w.have = w.consumed = w.out_at = 0;
   w.pid = -1;
+  w.pidfd.reset();
 }
 
 // The worker died on its own (EOF on its pipe, or found exited by the sweep).
@@ -68,17 +69,17 @@ inline void Pool::worker_ended(Worker& w) {
   if (w.pid <= 0) return;
   if (w.queue.empty()) {
     w.task_w.reset();
-    reap(w.pid, std::chrono::milliseconds(1000));
+    reap(w.pid, std::chrono::milliseconds(1000), w.pidfd.get());
     close_pipes(w);
     return;
   }
   // Wait briefly for the exit to complete (EOF can come a moment before the exit status),
   // then take its group down with it: processes the function started must not outlive it.
   auto deadline = Clock::now() + std::chrono::milliseconds(100);
-  while (!has_exited(w.pid) && Clock::now() < deadline) ::poll(nullptr, 0, 1);
-  kill_tree(w.pid);
+  while (!has_exited(w.pid, w.pidfd.get()) && Clock::now() < deadline) ::poll(nullptr, 0, 1);
+  kill_tree(w.pid, w.pidfd.get());
   int status = 0;
-  std::string why = wait_pid(w.pid, &status, 0) != w.pid
+  std::string why = reap_child(w.pid, w.pidfd.get(), &status) != w.pid
                         ? "ended, but its exit status was collected elsewhere (a SIGCHLD handler calling waitpid?)"
                         : (WIFSIGNALED(status) ? "was " : "exited with ") + describe_wait_status(status);
   if (WIFSIGNALED(status) && WTERMSIG(status) == SIGXCPU && options_.cpu_limit.count() > 0)
@@ -88,9 +89,9 @@ inline void Pool::worker_ended(Worker& w) {
 }
 
 inline void Pool::kill_worker(Worker& w, Status status, const std::string& why) {
-  kill_tree(w.pid);
+  kill_tree(w.pid, w.pidfd.get());
   int ignored = 0;
-  wait_pid(w.pid, &ignored, 0);
+  reap_child(w.pid, w.pidfd.get(), &ignored);
   settle_queue(w, status, why);
   close_pipes(w);
 }
@@ -102,7 +103,7 @@ inline void Pool::kill_worker(Worker& w, Status status, const std::string& why) 
 inline void Pool::retire(Worker& w) {
   w.task_w.reset();
   w.ring.publish();
-  leaving_.add(w.pid, Retired{std::move(w.shared), std::move(w.result_r)}, std::chrono::milliseconds(1000));
+  leaving_.add(w.pid, std::move(w.pidfd), Retired{std::move(w.shared), std::move(w.result_r)}, std::chrono::milliseconds(1000));
   close_pipes(w);
 }
 
@@ -159,7 +160,7 @@ inline void Pool::remove_dead() {
 inline void Pool::shutdown() {
   for (auto& w : workers_) w->task_w.reset();  // every idle worker sees EOF and leaves
   for (auto& w : workers_) {
-    if (w->pid > 0) reap(w->pid, std::chrono::milliseconds(1000));
+    if (w->pid > 0) reap(w->pid, std::chrono::milliseconds(1000), w->pidfd.get());
     close_pipes(*w);
   }
   workers_.clear();

@@ -156,9 +156,9 @@ inline void Pool::take_remote(Worker& w, std::string_view frame) {
 // one it was running when killed, the running one is innocent and runs again elsewhere.
 inline void Pool::protocol_failure(Worker& w, const std::string& why) {
   if (testing::on_corrupt_stream) testing::on_corrupt_stream(w.pid);
-  kill_tree(w.pid);
+  kill_tree(w.pid, w.pidfd.get());
   int ignored = 0;
-  wait_pid(w.pid, &ignored, 0);
+  reap_child(w.pid, w.pidfd.get(), &ignored);
   try {
     while (!w.queue.empty()) {
       std::string_view frame = w.ring_frame(scratch_, max_frame());

@@ -35,6 +35,7 @@ inline bool Pool::spawn_one() {
   for (auto& other : workers_) {
     if (other->task_w) close_in_child.push_back(other->task_w.get());
     if (other->result_r) close_in_child.push_back(other->result_r.get());
+    if (other->pidfd) close_in_child.push_back(other->pidfd.get());
   }
   if (cancel_ && cancel_->wake_fd() >= 0) close_in_child.push_back(cancel_->wake_fd());
   leaving_.list_descriptors(close_in_child, [&](const Retired& r) {
@@ -63,7 +64,7 @@ inline bool Pool::spawn_one() {
     const Options& opt = options_;
     const unsigned slot = w->slot;
     w->pid = fork_worker([&] { worker_loop(task_fd, result_fd, block, ring, run, opt, slot); }, close_in_child,
-                         &signal_plan_);
+                         &signal_plan_, &w->pidfd);
     w->ring = RingReader(block, ring);
     w->task_w = std::move(tasks.write);
     w->result_r = std::move(results.read);

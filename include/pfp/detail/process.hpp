@@ -5,6 +5,7 @@
 // before fork; the child resets signal dispositions and mask, becomes its own process-group
 // leader, dies with the parent, and never returns into the caller's stack.
 
+#include <pfp/detail/descendants.hpp>
 #include <pfp/detail/posix.hpp>
 #include <pfp/error.hpp>
 
@@ -19,10 +20,8 @@
 #include <streambuf>
 #include <string>
 #include <thread>
-#include <unordered_map>
 #include <vector>
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <stdio_ext.h>
 #include <sys/ioctl.h>
@@ -216,14 +215,17 @@ inline void reset_signals_in_child(const SignalPlan* plan = nullptr) noexcept {
 
 /// Forks a child that runs body() and then leaves through _exit. In the child the descriptors
 /// in close_in_child are closed first, and the signal state is reset (what `signals` names, or
-/// everything). Returns the child's pid; throws pfp::error if fork fails.
+/// everything). Returns the child's pid and sets *pidfd to a pidfd naming it (-1 where the kernel
+/// has none); throws pfp::error if fork fails.
 template <class Body>
-pid_t fork_worker(Body&& body, const std::vector<int>& close_in_child, const SignalPlan* signals = nullptr) {
+pid_t fork_worker(Body&& body, const std::vector<int>& close_in_child, const SignalPlan* signals, UniqueFd* pidfd) {
   flush_stdio();
+  ForkRegistry::prepare();
   const pid_t parent = ::getpid();
   pid_t pid = ::fork();
   if (pid < 0) throw_errno("fork");
   if (pid == 0) {
+    ForkRegistry::enter_worker();
     reset_signals_in_child(signals);
     ::setpgid(0, 0);
 #if defined(__linux__)
@@ -243,97 +245,54 @@ pid_t fork_worker(Body&& body, const std::vector<int>& close_in_child, const Sig
     flush_stdio();
     leave(0);
   }
+  // Opened before anything can reap the child (it has not run a function yet, so it cannot have
+  // ended but by a signal from outside): from here on it is signalled through this, not its pid.
+  *pidfd = UniqueFd(open_pidfd(pid));
   // Also set from the parent, so a kill of the group right after fork cannot miss the child.
   ::setpgid(pid, pid);
   return pid;
 }
 
-/// The live (non-zombie) descendants of root, from /proc. Empty where /proc is unavailable.
-inline std::vector<pid_t> live_descendants(pid_t root) {
-  std::vector<pid_t> found;
-#if defined(__linux__)
-  std::unordered_map<pid_t, std::vector<pid_t>> children;
-  DIR* proc = ::opendir("/proc");
-  if (!proc) return found;
-  while (dirent* e = ::readdir(proc)) {
-    char* end = nullptr;
-    long pid = std::strtol(e->d_name, &end, 10);
-    if (pid <= 0 || *end) continue;
-    char path[64];
-    std::snprintf(path, sizeof path, "/proc/%ld/stat", pid);
-    int fd = ::open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) continue;
-    char buf[512];
-    ssize_t n = read_some(fd, buf, sizeof buf - 1);
-    ::close(fd);
-    if (n <= 0) continue;
-    buf[n] = '\0';
-    // "pid (comm) state ppid ...": comm may hold spaces and parentheses, so parse after the last ')'.
-    const char* close_paren = std::strrchr(buf, ')');
-    if (!close_paren) continue;
-    char state = 0;
-    long ppid = 0;
-    if (std::sscanf(close_paren + 1, " %c %ld", &state, &ppid) != 2 || state == 'Z' || state == 'X') continue;
-    children[static_cast<pid_t>(ppid)].push_back(static_cast<pid_t>(pid));
-  }
-  ::closedir(proc);
-  std::vector<pid_t> todo{root};
-  while (!todo.empty()) {
-    pid_t p = todo.back();
-    todo.pop_back();
-    auto it = children.find(p);
-    if (it == children.end()) continue;
-    for (pid_t c : it->second) {
-      found.push_back(c);
-      todo.push_back(c);
-    }
-  }
-#else
-  (void)root;
-#endif
-  return found;
+/// Kills a worker with everything it started: its descendants, those /proc shows while it lives
+/// (descendants first, while it still holds them as their subreaper) and those the fork registry
+/// noted (found even once it died and left them to init), its process group and itself. Nothing is
+/// signalled by number once someone else has reaped the worker (its pid may be another's by then).
+inline void kill_tree(pid_t root, int pidfd) noexcept {
+  if (still_ours(root, pidfd)) kill_descendants(root);
+  kill_noted(root);
+  kill_group(root, pidfd);
 }
 
-/// SIGKILL to a worker and its process group (it leads one of its own), in one place. Only for a
-/// pid pfp has not reaped yet: until then the number cannot name another process.
-inline void kill_group(pid_t pid) noexcept {
-  ::kill(-pid, SIGKILL);
-  ::kill(pid, SIGKILL);
+/// Whether the child has ended, without reaping it (so its pid and group id stay reserved).
+inline bool has_exited(pid_t pid, int pidfd) noexcept {
+  siginfo_t info;
+  if (wait_child(pid, pidfd, info, WEXITED | WNOHANG | WNOWAIT) < 0) return errno == ECHILD;  // reaped elsewhere
+  return info.si_pid != 0;
 }
 
-/// Kills a live worker with everything it started: its process group, and every descendant,
-/// even those that left the group with setsid(). Descendants first, while the worker still holds
-/// them as their (sub)reaper; repeated while new ones appear.
-inline void kill_tree(pid_t root) noexcept {
-  try {
-    for (int round = 0; round < 8; ++round) {
-      std::vector<pid_t> procs = live_descendants(root);
-      if (procs.empty()) break;
-      for (pid_t p : procs) ::kill(p, SIGKILL);
-    }
-  } catch (...) {  // out of memory while listing: the group kill below still happens
+/// Reaps the child (waits for it unless flags has WNOHANG) and frees its fork-registry entries.
+/// Returns pid with *status set as waitpid() would, 0 if it is still running, or -1 if someone else
+/// reaped it (e.g. a SIGCHLD handler of the caller's).
+inline pid_t reap_child(pid_t pid, int pidfd, int* status, int flags = 0) noexcept {
+  siginfo_t info;
+  if (wait_child(pid, pidfd, info, WEXITED | flags) != 0) {
+    ForkRegistry::forget(pid);
+    return -1;
   }
-  kill_group(root);
-}
-
-/// Whether pid has ended, without reaping it (so its pid and group id stay reserved).
-inline bool has_exited(pid_t pid) noexcept {
-  siginfo_t info{};
-  for (;;) {
-    int r = ::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT);
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) return errno == ECHILD;  // reaped by someone else: gone all the same
-    return info.si_pid == pid;
-  }
+  if (info.si_pid == 0) return 0;
+  *status = info.si_code == CLD_EXITED ? (info.si_status & 0xff) << 8
+                                       : (info.si_status & 0x7f) | (info.si_code == CLD_DUMPED ? 0x80 : 0);
+  ForkRegistry::forget(pid);
+  return pid;
 }
 
 /// Reaps pid. If it has not ended within grace, kills its process group and reaps it then.
 /// Returns the wait status, or -1 when it was reaped elsewhere (e.g. a SIGCHLD handler).
-inline int reap(pid_t pid, std::chrono::milliseconds grace) noexcept {
+inline int reap(pid_t pid, std::chrono::milliseconds grace, int pidfd) noexcept {
   int status = 0;
   auto start = std::chrono::steady_clock::now();
   for (;;) {
-    pid_t r = wait_pid(pid, &status, WNOHANG);
+    pid_t r = reap_child(pid, pidfd, &status, WNOHANG);
     if (r == pid) return status;
     if (r < 0) return -1;
     auto waited = std::chrono::steady_clock::now() - start;
@@ -343,31 +302,8 @@ inline int reap(pid_t pid, std::chrono::milliseconds grace) noexcept {
     timespec pause{0, waited < std::chrono::milliseconds(2) ? 20'000L : 1'000'000L};
     ::nanosleep(&pause, nullptr);
   }
-  kill_group(pid);
-  if (wait_pid(pid, &status, 0) == pid) return status;
-  return -1;
-}
-
-/// Test hook: false makes open_pidfd() fail, as on kernels before 5.3.
-inline bool use_pidfds = true;
-
-/// A descriptor that becomes readable when pid has exited (Linux 5.3+), or -1.
-inline int open_pidfd(pid_t pid) noexcept {
-  if (!use_pidfds) return -1;
-#if defined(__linux__)
-#if defined(SYS_pidfd_open)
-  const long nr = SYS_pidfd_open;
-#else
-  const long nr = 434;  // the same on every architecture
-#endif
-  const long fd = ::syscall(nr, pid, 0);
-  if (fd >= 0) {
-    ::fcntl(static_cast<int>(fd), F_SETFD, FD_CLOEXEC);  // pidfd_open sets it too; older kernels' docs vary
-    return static_cast<int>(fd);
-  }
-#else
-  (void)pid;
-#endif
+  kill_group(pid, pidfd);
+  if (reap_child(pid, pidfd, &status) == pid) return status;
   return -1;
 }
 
@@ -383,9 +319,9 @@ class Leaving {
   Leaving& operator=(const Leaving&) = delete;
   ~Leaving() { kill_all(); }
 
-  /// pid has `grace` to exit before its process group is killed.
-  void add(pid_t pid, Keep keep, std::chrono::milliseconds grace) {
-    entries_.push_back(Entry{pid, std::chrono::steady_clock::now() + grace, UniqueFd(open_pidfd(pid)), std::move(keep)});
+  /// pid (named by pidfd, if it is open) has `grace` to exit before its process group is killed.
+  void add(pid_t pid, UniqueFd pidfd, Keep keep, std::chrono::milliseconds grace) {
+    entries_.push_back(Entry{pid, std::chrono::steady_clock::now() + grace, std::move(pidfd), std::move(keep)});
   }
   bool empty() const noexcept { return entries_.empty(); }
   /// Processes not reaped yet (some may already have exited).
@@ -424,10 +360,10 @@ class Leaving {
     for (std::size_t k = 0; k < entries_.size();) {
       Entry& e = entries_[k];
       int status = 0;
-      pid_t r = wait_pid(e.pid, &status, WNOHANG);
+      pid_t r = reap_child(e.pid, e.pidfd.get(), &status, WNOHANG);
       if (r == 0 && now >= e.deadline) {
-        kill_group(e.pid);
-        r = wait_pid(e.pid, &status, 0);
+        kill_group(e.pid, e.pidfd.get());
+        r = reap_child(e.pid, e.pidfd.get(), &status);
       }
       if (r == 0) {
         ++k;
@@ -444,7 +380,7 @@ class Leaving {
   void finish(Done&& done) {
     for (Entry& e : entries_) {
       const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(e.deadline - std::chrono::steady_clock::now());
-      reap(e.pid, std::max(left, std::chrono::milliseconds(0)));
+      reap(e.pid, std::max(left, std::chrono::milliseconds(0)), e.pidfd.get());
       done(std::move(e.keep));
     }
     entries_.clear();
@@ -453,9 +389,9 @@ class Leaving {
   /// Kills and reaps them all (a run left by an exception).
   void kill_all() noexcept {
     for (Entry& e : entries_) {
-      kill_group(e.pid);
+      kill_group(e.pid, e.pidfd.get());
       int ignored = 0;
-      wait_pid(e.pid, &ignored, 0);
+      reap_child(e.pid, e.pidfd.get(), &ignored);
     }
     entries_.clear();
   }

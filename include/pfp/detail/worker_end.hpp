@@ -46,6 +46,7 @@ struct WorkerEnd {
 
 
     pid_t pid = -1;
+    UniqueFd pidfd;     // names the process even once someone else reaped it (-1: no pidfds)
     unsigned slot = 0;  // TaskView::worker
     UniqueFd task_w;
     UniqueFd result_r;
@@ -182,10 +183,11 @@ struct WorkerEnd {
   // Used when the run is left by an exception: nothing may outlive it.
   void abandon() noexcept {
     if (pid > 0) {
-      kill_tree(pid);
+      kill_tree(pid, pidfd.get());
       int ignored = 0;
-      wait_pid(pid, &ignored, 0);
+      reap_child(pid, pidfd.get(), &ignored);
     }
+    pidfd.reset();
     shared.reset();
     task_w.reset();
     result_r.reset();
