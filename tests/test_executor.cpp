@@ -2,6 +2,7 @@
 // a bounded queue that blocks the producer, streaming to a consumer, and the three backends.
 
 #include "pfp_catch.hpp"
+#include "executor_support.hpp"
 #include "test_support.hpp"
 
 #include <pfp/pfp.hpp>
@@ -15,27 +16,10 @@
 #include <thread>
 #include <vector>
 
-// Sanitizer runtimes need descriptors of their own (UBSan's dynamic type checks, the symbolizer):
-// a test that starves the process of them gets false reports there.
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-#define PFP_TEST_SANITIZER_RUNTIME 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-#define PFP_TEST_SANITIZER_RUNTIME 1
-#endif
-#endif
-
 using namespace pfp_test;
 using Catch::Matchers::Contains;
 
 namespace {
-
-pfp::Options executor_options(unsigned workers, pfp::Backend backend = pfp::Backend::processes) {
-  pfp::Options o;
-  o.workers = workers;
-  o.backend = backend;
-  return o;
-}
 
 // Sleeps the milliseconds it is given and returns them.
 pfp::Function<int, int> declare_nap(pfp::Executor& ex) {

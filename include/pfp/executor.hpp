@@ -240,7 +240,10 @@ class Executor {
   /// process groups, all as Status::cancelled. Async-signal-unsafe; thread-safe.
   void cancel() {
     {
+      // Closed under the same lock that cancels the queue: nothing submitted in between waits for
+      // a pool that has stopped pulling.
       std::lock_guard<std::mutex> lock(mutex_);
+      closed_ = true;
       cancel_queued_locked("cancelled before it started");
     }
     cancel_state_.request();
@@ -335,8 +338,11 @@ class Executor {
       if (!ex_.queue_options_.stream_results) ex_.space_cv_.notify_all();
       ex_.complete(*state, std::move(r));
     }
+    // The backend stops pulling for good (cancelled, or it cannot start a worker): what waits is
+    // cancelled, and an executor nobody closed has failed, so later submissions are refused.
     void drop_rest(const std::string& why) override {
       std::lock_guard<std::mutex> lock(ex_.mutex_);
+      ex_.fail_locked(why);
       ex_.cancel_queued_locked(why);
     }
 
@@ -352,10 +358,17 @@ class Executor {
       return;
     }
     started_ = true;
-    wake_.open();
-    if (detail::runs_in_caller(options_)) return;  // runs in submit()
-    cancel_state_.open();
-    runner_ = std::thread([this] { run_pool(); });
+    try {
+      wake_.open();
+      if (detail::runs_in_caller(options_)) return;  // runs in submit()
+      cancel_state_.open();
+      runner_ = std::thread([this] { run_pool(); });
+    } catch (...) {
+      // Without its pipes or its thread no pool will ever answer: refuse every submission.
+      cancel_state_.close();
+      fail_locked("could not start: " + detail::describe_current_exception());
+      throw error("pfp::Executor: the pool has failed: " + *failure_);
+    }
     if (!detail::isolated_workers(options_)) return;
     forked_cv_.wait(lock, [&] { return workers_forked_ || failure_; });
     if (failure_) throw error("pfp::Executor: the pool has failed: " + *failure_);
@@ -368,9 +381,15 @@ class Executor {
     } catch (...) {
       const std::string why = detail::describe_current_exception();
       std::lock_guard<std::mutex> lock(mutex_);
-      failure_ = why;
+      failure_ = why;  // what the backend threw says most (over what its drop_rest() said)
       closed_ = true;
       cancel_queued_locked("not run: the pool failed: " + why);
+    }
+    {
+      // However the backend ended, nothing may wait for it now.
+      std::lock_guard<std::mutex> lock(mutex_);
+      fail_locked("the pool ended");
+      cancel_queued_locked("not run: the pool has ended");
     }
     cancel_state_.close();
     completed_cv_.notify_all();
@@ -441,6 +460,13 @@ class Executor {
     } else {
       detail::fulfil(state, std::move(r));
     }
+  }
+
+  // The pool cannot go on: unless the executor was closed first (then it just ends), the reason
+  // is kept for every later submit() and start().
+  void fail_locked(const std::string& why) {
+    if (!closed_ && !failure_) failure_ = why;
+    closed_ = true;
   }
 
   void cancel_queued_locked(const std::string& why) {

@@ -43,13 +43,15 @@ namespace detail {
 struct FutureAccess;
 
 // One mutex and condition variable for every future in the process: a completion wakes whoever
-// waits on any set of futures, whichever executors they came from.
+// waits on any set of futures, whichever executors they came from. Never destroyed: a worker
+// forked while a thread waited here inherits a condition variable that counts that waiter, and a
+// function that calls exit() there would block for good in its destructor.
 struct FutureHub {
   std::mutex mutex;
   std::condition_variable done;
   static FutureHub& instance() {
-    static FutureHub hub;
-    return hub;
+    static FutureHub* const hub = new FutureHub;
+    return *hub;
   }
 };
 

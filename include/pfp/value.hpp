@@ -391,13 +391,14 @@ class Value {
       data_.template emplace<I>(a...);
   }
 
+  // Never destroyed (like every static of pfp): nothing runs in a worker that leaves by exit().
   static const Object& empty_object() {
-    static const Object o;
-    return o;
+    static const Object* const o = new Object;
+    return *o;
   }
   static const Array& empty_array() {
-    static const Array a;
-    return a;
+    static const Array* const a = new Array;
+    return *a;
   }
 
   template <class T>

@@ -225,6 +225,7 @@ class Pool {
   std::size_t durations_ = 0;      // ... and how many
   bool runs_seen_ = false;        // the feed gives runs of tasks
   std::string last_spawn_error_;
+  int last_spawn_errno_ = 0;  // of the last failed start, 0 if it was no system call's
   SignalPlan signal_plan_;               // what a new worker resets of this thread's signal state
   std::vector<int> close_in_child_;      // descriptors a new worker closes
   std::vector<SharedRegion> spare_regions_;  // regions of gone workers, for new ones
@@ -539,6 +540,13 @@ class Pool {
 
   // The task at the front of w's queue has its verdict in its Result (but for the pid).
   void accepted(Worker& w);
+
+  std::uint64_t tainted_task(const Worker& w) const noexcept;
+  void withhold_if_tainted(const Worker& w, Result& r) const;
+  static constexpr const char* tainted_suffix = " (this function wrote to pfp's result pipe)";
+  static constexpr const char* tainted_why =
+      "pfp: protocol error: bytes pfp did not write appeared on the worker's result pipe while this function ran, "
+      "so its result was withheld (this function wrote to pfp's result pipe)";
 
   // One attempt of a task reached a verdict: it is final unless the options ask to try again.
   void conclude(std::uint64_t id);

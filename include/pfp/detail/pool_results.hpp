@@ -59,9 +59,10 @@ inline bool Pool::collect(Worker& w) {
       // worker moves it after every function, so each look would wait for the other core.
       if (pipe_fresh && w.have == w.consumed && !from_ring.empty()) {
         std::size_t avail = w.ring.available();
+        const std::uint64_t culprit = tainted_task(w);  // once for every frame `avail` covers
         while (!from_ring.empty() && !w.queue.empty()) {
           prefetch(from_ring.data() + 512);  // frames written on another core: ask for them early
-          if (frame_index(from_ring) != w.queue.front().id) break;
+          if (frame_index(from_ring) != w.queue.front().id || culprit == w.queue.front().id + 1) break;
           Reader rd(from_ring.substr(frame_header_size + frame_index_size));
           decode_verdict(rd, tasks_.result_of(w.queue.front().id));
           w.ring.advance(from_ring.size());
@@ -146,6 +147,7 @@ inline void Pool::take_remote(Worker& w, std::string_view frame) {
   }
   remote_answer(ack, remote_ack_copied);
   w.consumed += frame.size();
+  withhold_if_tainted(w, r);
   accepted(w);
 }
 
@@ -183,7 +185,7 @@ inline void Pool::protocol_failure(Worker& w, const std::string& why) {
     Result r;
     r.index = static_cast<std::size_t>(seq);
     r.status = Status::crashed;
-    r.error = why + " (this function wrote to pfp's result pipe)";
+    r.error = why + tainted_suffix;
     r.pid = static_cast<int>(w.pid);
     r.attempts = 1;
     try {
@@ -200,7 +202,8 @@ inline void Pool::protocol_failure(Worker& w, const std::string& why) {
     settle_queue(w, Status::crashed, why);  // the rest never started
     tasks_.hand_back(again);
   } else {
-    settle_queue(w, Status::crashed, why);
+    const bool head_wrote = !w.queue.empty() && culprit == w.queue.front().id + 1;
+    settle_queue(w, Status::crashed, head_wrote ? why + tainted_suffix : why);
   }
   close_pipes(w);
 }
@@ -214,8 +217,27 @@ inline bool Pool::retire_if_done(Worker& w) {
 // The whole frame for the task at the front of w's queue: its verdict, decoded in place.
 // Throws pfp::error if the frame is malformed (the caller declares the stream corrupt).
 inline void Pool::accept(Worker& w, std::string_view frame, RemoteSource* remote) {
-  decode_result_frame_into(frame, max_frame(), tasks_.result_of(w.queue.front().id), remote);
+  Result& r = tasks_.result_of(w.queue.front().id);
+  decode_result_frame_into(frame, max_frame(), r, remote);
+  withhold_if_tainted(w, r);
   accepted(w);
+}
+
+// 1 + the id of the task during which bytes the worker did not write appeared on its result pipe
+// (0: none). The worker marks the task before it sends that task's frame, so a frame seen before
+// this load is looked at is covered by it.
+inline std::uint64_t Pool::tainted_task(const Worker& w) const noexcept {
+  return w.shared ? w.shared.block()->corrupted_by.load(std::memory_order_acquire) : 0;
+}
+
+// The result of a task that wrote on pfp's result pipe cannot be trusted, whatever its frame
+// says: it is withheld and the task reported crashed, before any feed sees it (a stream cannot
+// take back a verdict it has handed out).
+inline void Pool::withhold_if_tainted(const Worker& w, Result& r) const {
+  if (tainted_task(w) != w.queue.front().id + 1) return;
+  r.status = Status::crashed;
+  r.result = Value();
+  r.error = tainted_why;
 }
 
 // The task at the front of w's queue has its verdict in its Result (but for the pid).

@@ -29,6 +29,7 @@ inline unsigned Pool::free_slot() const {
 
 inline bool Pool::spawn_one() {
   auto w = std::make_unique<Worker>();
+  last_failed_errno = 0;
   w->slot = free_slot();
   std::vector<int>& close_in_child = close_in_child_;  // kept: no allocation per process
   close_in_child.clear();
@@ -70,17 +71,28 @@ inline bool Pool::spawn_one() {
     w->result_r = std::move(results.read);
   } catch (const error& e) {
     last_spawn_error_ = e.what();
+    last_spawn_errno_ = last_failed_errno;
     return false;
   }
   workers_.push_back(std::move(w));
   return true;
 }
 
-// Every worker failed to start or died and none can be started again: the tasks that never
-// ran say why instead of hanging the run.
+// Every worker failed to start or died and none can be started again. A shortage the system may
+// soon relieve (EAGAIN: the process limit; EMFILE, ENFILE: descriptors; ENOMEM) is waited out
+// with a doubling back-off, about six seconds in all; any other failure gets a few quick tries.
+// A cancel ends the wait at once (turn() then cancels the run). After that the tasks that never
+// ran, and every task the feed would still give, say why instead of hanging.
 inline void Pool::give_up() {
-  for (int attempt = 0; attempt < 20 && workers_.empty(); ++attempt) {
-    ::poll(nullptr, 0, 10 * (attempt + 1));
+  const int e = last_spawn_errno_;
+  const bool transient = e == EAGAIN || e == EMFILE || e == ENFILE || e == ENOMEM;
+  const auto until = Clock::now() + (transient ? std::chrono::milliseconds(6000) : std::chrono::milliseconds(300));
+  for (int pause_ms = 10; workers_.empty(); pause_ms = std::min(2 * pause_ms, 1000)) {
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(until - Clock::now()).count();
+    if (left <= 0) break;
+    pollfd wake{cancel_ ? cancel_->wake_fd() : -1, POLLIN, 0};
+    ::poll(&wake, 1, static_cast<int>(std::min<long long>(pause_ms, left)));
+    if (cancel_ && cancel_->requested()) return;
     spawn_missing();
   }
   if (!workers_.empty()) return;
@@ -95,7 +107,11 @@ inline void Pool::give_up() {
   }
   if (!feed_exhausted()) {
     feed_done_ = true;
-    feed_.drop_rest(why);
+    try {
+      feed_.drop_rest(why);
+    } catch (...) {
+      consumer_failed();
+    }
   }
 }
 

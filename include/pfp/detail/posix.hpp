@@ -94,7 +94,12 @@ class HiddenFromForks {
 
 inline std::string errno_text(int err) { return std::string(std::strerror(err)) + " (errno " + std::to_string(err) + ")"; }
 
+/// errno of the last system call throw_errno() reported in this thread, so a caller can tell a
+/// shortage the system may soon relieve (EAGAIN, EMFILE, ...) from a permanent failure.
+inline thread_local int last_failed_errno = 0;
+
 [[noreturn]] inline void throw_errno(const std::string& what, int err = errno) {
+  last_failed_errno = err;
   throw error("pfp: " + what + " failed: " + errno_text(err));
 }
 
