@@ -36,6 +36,7 @@
 #include <functional>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #ifdef PFP_BENCH_TBB
@@ -265,6 +266,9 @@ int main(int argc, char** argv) {
     for (const Variant& v : variants()) {
       if (!want(v.name) || (v.max_n && n > v.max_n)) continue;
       try {
+        // OpenMP's and oneTBB's idle threads spin a while after their work: let them park first,
+        // so no variant is timed against the spinning threads of the one before
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
         g_us = 0;
         v.run(n);
         result(std::string("pools_") + v.name + "_" + std::to_string(n) + "_us", g_us / static_cast<double>(n), "us");
