@@ -21,6 +21,7 @@ enum class Backend {
   processes,  ///< forked worker processes (default): crashes, hangs and memory are isolated
   threads,    ///< a thread pool in this process: lower overhead, no isolation (a crash ends the program)
   inline_,    ///< one after another in the calling thread: for debuggers, sanitizers and profilers
+  mpi,        ///< worker processes on every MPI rank (needs <pfp/mpi.hpp> and a live pfp::mpi::Session)
 };
 
 /// How a run is carried out. Every field has a usable default.

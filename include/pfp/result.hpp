@@ -44,6 +44,7 @@ struct Result {
   /// run back to back, the few dozen nanoseconds pfp spends between two of them included).
   std::chrono::nanoseconds duration{};
   unsigned attempts = 0;                ///< times the function was started (more than 1 after retries)
+  int rank = 0;                         ///< the MPI rank whose worker ran it (Backend::mpi; else 0)
 
   bool ok() const noexcept { return status == Status::ok; }
 };

@@ -78,6 +78,11 @@ class Feed {
   /// priority that have not begun takes them back, so the higher one begins first.
   virtual std::optional<int> next_priority() { return std::nullopt; }
 
+  /// What every process of a distributed run (Backend::mpi) must have alike for the same fn to
+  /// mean the same function there: a hash of the functions' names and count, or of the items'
+  /// count; 0 = nothing to compare. Compared between ranks before any task is sent.
+  virtual std::uint64_t signature() const { return 0; }
+
   /// Tasks the feed knows it will give, if known (used to start no more workers than needed).
   virtual std::optional<std::size_t> size_hint() const { return std::nullopt; }
 
@@ -133,6 +138,13 @@ class UserCallback {
   bool threw_ = false;
 };
 
+
+/// FNV-1a over `bytes`, continuing from h (for Feed::signature()).
+inline std::uint64_t hash_bytes(std::uint64_t h, std::string_view bytes) noexcept {
+  for (unsigned char c : bytes) h = (h ^ c) * 0x100000001b3ull;
+  return h;
+}
+inline constexpr std::uint64_t hash_seed = 0xcbf29ce484222325ull;
 
 /// Workers for a run of `tasks` tasks (unknown: as many as the options allow).
 inline unsigned effective_workers(const Options& o, std::optional<std::size_t> tasks = std::nullopt) {

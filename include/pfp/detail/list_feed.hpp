@@ -39,6 +39,14 @@ class ListFeed final : public Feed {
   }
   bool finished() override { return true; }
   std::optional<std::size_t> size_hint() const override { return n_; }
+  std::uint64_t signature() const override {
+    std::uint64_t h = hash_bytes(hash_seed, std::to_string(n_));
+    for (std::size_t i = 0; i < n_; ++i) {
+      const std::string& name = name_of_(i);
+      h = hash_bytes(hash_bytes(h, name), std::string_view("\0", 1));
+    }
+    return h;
+  }
   void deliver(std::uint64_t seq, Result&& r) override { file(seq, std::move(r)); }
   void amend(std::uint64_t seq, Result&& r) override { file(seq, std::move(r)); }
   void drop_rest(const std::string& why) override {

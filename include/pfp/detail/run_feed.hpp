@@ -28,15 +28,26 @@ inline void validate(const Options& o) {
   switch (o.backend) {
     case Backend::processes:
     case Backend::threads:
-    case Backend::inline_: return;
+    case Backend::inline_:
+    case Backend::mpi: return;
   }
   throw error("pfp: Options::backend holds " + std::to_string(static_cast<int>(o.backend)) +
-              ", which is not a pfp::Backend; use Backend::processes, Backend::threads or Backend::inline_");
+              ", which is not a pfp::Backend; use Backend::processes, Backend::threads, Backend::inline_ or Backend::mpi");
+}
+
+/// A backend that runs a Feed across processes of a distributed job. Backend::mpi's is set by a
+/// pfp::mpi::Session (<pfp/mpi.hpp>) while it lives, so no core header needs <mpi.h>.
+using DistributedBackend = void (*)(const FeedRunner& run, const Options& options, Feed& feed, CancelState* cancel);
+inline DistributedBackend& mpi_backend() noexcept {
+  static DistributedBackend backend = nullptr;
+  return backend;
 }
 
 /// Whether each task runs in a worker process of its own (forked: isolated, killable, inheriting
 /// the program as it was at the fork).
-inline bool isolated_workers(const Options& o) noexcept { return o.backend == Backend::processes; }
+inline bool isolated_workers(const Options& o) noexcept {
+  return o.backend == Backend::processes || o.backend == Backend::mpi;
+}
 /// Whether tasks run one after another in the thread that runs the Feed.
 inline bool runs_in_caller(const Options& o) noexcept { return o.backend == Backend::inline_; }
 
@@ -51,6 +62,12 @@ inline void run_feed(const FeedRunner& run, const Options& options, Feed& feed, 
     case Backend::processes: run_feed_processes(run, options, feed, cancel); return;
     case Backend::threads: run_feed_threads(run, options, feed, cancel); return;
     case Backend::inline_: run_feed_inline(run, options, feed, cancel); return;
+    case Backend::mpi:
+      if (!mpi_backend())
+        throw error("pfp: Options::backend is Backend::mpi but no pfp::mpi::Session is alive; #include <pfp/mpi.hpp>, "
+                    "create a pfp::mpi::Session at the start of main() and run the program with mpirun or srun");
+      mpi_backend()(run, options, feed, cancel);
+      return;
   }
 }
 

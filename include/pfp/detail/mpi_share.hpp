@@ -1,0 +1,190 @@
+#ifndef PFP_DETAIL_MPI_SHARE_HPP
+#define PFP_DETAIL_MPI_SHARE_HPP
+
+// One rank's share of a Backend::mpi run: pfp's own process backend (pool.hpp), run on a thread
+// of the rank and fed from a queue that the rank's MPI loop fills. So on every rank a function
+// that crashes, hangs or eats memory costs only its own Result, exactly as on one machine.
+//
+// Why forking here is safe although MPI runs threads of its own: the workers never call MPI and
+// never touch MPI's memory; what they do need of the process (malloc, stdio) glibc makes
+// fork-safe by taking those locks around fork(); the only other lock they could meet is the
+// queue's below, which the worker side never takes (a worker runs its task and writes frames).
+// With InfiniBand, RDMAV_FORK_SAFE=1 (set by pfp::mpi::Session before MPI_Init) keeps registered
+// memory out of the children; pfp never hands a worker an MPI buffer (tasks are copied out).
+
+#include <pfp/detail/feed.hpp>
+#include <pfp/detail/pool.hpp>
+#include <pfp/detail/run_guards.hpp>
+#include <pfp/detail/wake_pipe.hpp>
+#include <pfp/options.hpp>
+#include <pfp/result.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace pfp {
+namespace detail {
+
+class RankShare final : public Feed {
+ public:
+  /// options: the run's, whose backend is replaced by the process backend here.
+  RankShare(const FeedRunner& run, const Options& options, int rank) : run_(run), options_(options), rank_(rank) {
+    options_.backend = Backend::processes;
+    options_.threads = ThreadPolicy::allow;  // the MPI backend checked the caller's threads itself
+    in_wake_.open();
+    out_wake_.open();
+    cancel_.open();
+  }
+  RankShare(const RankShare&) = delete;
+  RankShare& operator=(const RankShare&) = delete;
+  ~RankShare() override {
+    cancel();
+    finish();
+    join();
+    cancel_.close();
+  }
+
+  void start() {
+    thread_ = std::thread([this] {
+      try {
+        run_feed_processes(run_, options_, *this, &cancel_);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        error_ = std::current_exception();
+      }
+      std::lock_guard<std::mutex> lock(mutex_);
+      ended_ = true;
+      drop_queue("not run: this rank's worker processes could not run it");
+      out_wake_.ring();
+    });
+  }
+  unsigned workers() const { return effective_workers(options_); }
+
+  // ---- the rank's MPI loop (any one thread)
+
+  /// Adds `count` tasks with consecutive seqs and fns (count 1: with `payload`).
+  void add(std::uint64_t seq, std::uint64_t fn, std::uint64_t count, std::string payload = {}) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    queue_.push_back(Entry{seq, fn, count, std::move(payload)});
+    queued_ += count;
+    if (ended_) drop_queue("not run: this rank's pool had stopped");  // cancelled meanwhile
+    in_wake_.ring();
+  }
+  /// No more tasks will be added: the pool ends once it has run what it has.
+  void finish() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    finished_ = true;
+    in_wake_.ring();
+  }
+  /// Stops the pool as MultiProcessor::cancel() does: running tasks are killed, the rest end as
+  /// cancelled (every task added still gets its Result).
+  void cancel() noexcept { cancel_.request(); }
+  /// Moves every Result delivered since the last call into out (index = the run's seq, rank set).
+  void take(std::vector<Result>& out) {
+    out_wake_.drain();
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (Result& r : out_) out.push_back(std::move(r));
+    out_.clear();
+  }
+  /// Readable when take() may have something or the pool ended.
+  int results_fd() const noexcept { return out_wake_.read_fd(); }
+  /// Tasks added whose Results were not yet delivered.
+  std::size_t outstanding() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return static_cast<std::size_t>(queued_ - delivered_);
+  }
+  /// Whether the pool has returned (then every Result was delivered).
+  bool ended() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return ended_ && out_.empty();
+  }
+  /// What made the pool fail, once it ended.
+  std::exception_ptr error() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return error_;
+  }
+  void join() {
+    if (thread_.joinable()) thread_.join();
+  }
+
+  // ---- the Feed the pool runs (its thread)
+
+  std::optional<Task> pull() override {
+    in_wake_.drain();
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (queue_.empty()) return std::nullopt;
+    Entry& e = queue_.front();
+    Task t{e.fn, std::move(e.payload)};
+    seqs_.push_back(e.seq);
+    ++e.seq;
+    ++e.fn;
+    if (--e.count == 0) queue_.pop_front();
+    return t;
+  }
+  bool finished() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return finished_ && queue_.empty();
+  }
+  int wake_fd() const override { return in_wake_.read_fd(); }
+  void deliver(std::uint64_t local, Result&& r) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    r.index = static_cast<std::size_t>(seqs_[static_cast<std::size_t>(local)]);
+    r.rank = rank_;
+    out_.push_back(std::move(r));
+    ++delivered_;
+    out_wake_.ring();
+  }
+  void drop_rest(const std::string& why) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    drop_queue(why);
+  }
+
+ private:
+  struct Entry {
+    std::uint64_t seq, fn, count;
+    std::string payload;
+  };
+  // Every task still queued ends as cancelled with `why`. Called with the lock held.
+  void drop_queue(const std::string& why) {
+    for (Entry& e : queue_) {
+      for (std::uint64_t k = 0; k < e.count; ++k) {
+        Result r;
+        r.index = static_cast<std::size_t>(e.seq + k);
+        r.rank = rank_;
+        r.status = Status::cancelled;
+        r.error = why;
+        out_.push_back(std::move(r));
+        ++delivered_;
+      }
+    }
+    queue_.clear();
+    out_wake_.ring();
+  }
+
+  const FeedRunner& run_;
+  Options options_;
+  int rank_;
+  CancelState cancel_;
+  WakePipe in_wake_, out_wake_;
+  std::thread thread_;
+  std::mutex mutex_;  // guards everything below
+  std::deque<Entry> queue_;
+  std::vector<std::uint64_t> seqs_;  // the run's seq of each task the pool pulled, by the pool's seq
+  std::vector<Result> out_;
+  std::uint64_t queued_ = 0, delivered_ = 0;
+  bool finished_ = false, ended_ = false;
+  std::exception_ptr error_;
+};
+
+}  // namespace detail
+}  // namespace pfp
+
+#endif  // PFP_DETAIL_MPI_SHARE_HPP
