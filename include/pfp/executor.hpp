@@ -42,6 +42,10 @@
 
 namespace pfp {
 
+namespace mpi {
+class Session;  // serves an Executor's submissions on the ranks other than 0 (<pfp/mpi.hpp>)
+}
+
 namespace detail {
 
 // The parameter and return types of a callable with exactly one operator() (not a generic lambda).
@@ -253,6 +257,7 @@ class Executor {
   const Options& options() const noexcept { return options_; }
 
  private:
+  friend class mpi::Session;
   struct Declared {
     std::string name;
     std::function<Value(const Value&)> run;
@@ -318,6 +323,7 @@ class Executor {
       return ex_.waiting_.empty() && (ex_.closed_ || ex_.draining_inline_);
     }
     int wake_fd() const override { return ex_.wake_.read_fd(); }
+    std::uint64_t signature() const override { return ex_.signature(); }
     void workers_started() override {
       {
         std::lock_guard<std::mutex> lock(ex_.mutex_);
@@ -395,6 +401,14 @@ class Executor {
     completed_cv_.notify_all();
     space_cv_.notify_all();
     forked_cv_.notify_all();
+  }
+
+  // The declared names, hashed: what every rank of a Backend::mpi pool must have alike.
+  std::uint64_t signature() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::uint64_t h = detail::hash_bytes(detail::hash_seed, "executor " + std::to_string(functions_.size()));
+    for (const Declared& d : functions_) h = detail::hash_bytes(detail::hash_bytes(h, d.name), std::string_view("\0", 1));
+    return h;
   }
 
   detail::FeedRunner task_runner() {

@@ -26,6 +26,7 @@
 #include <pfp/detail/run_feed.hpp>
 #include <pfp/detail/run_guards.hpp>
 #include <pfp/error.hpp>
+#include <pfp/executor.hpp>
 
 #include <climits>
 #include <cstdlib>
@@ -149,6 +150,27 @@ class Session {
   /// Threads MPI started in this process (known to be safe around pfp's forks).
   std::size_t mpi_threads() const noexcept { return mpi_threads_; }
 
+  /// For an Executor with Backend::mpi: on rank 0 returns false at once (submit there); on every
+  /// other rank runs what rank 0 submits, in this rank's worker processes, until rank 0's
+  /// Executor shuts down, then returns true:   if (mpi.serve(pool)) return 0;
+  /// Declare the same functions on every rank first. Throws pfp::error if the declarations
+  /// differ from rank 0's (on every rank), or if the Executor is not Backend::mpi or started.
+  bool serve(Executor& pool) {
+    if (pool.options_.backend != Backend::mpi)
+      throw pfp::error("pfp::mpi::Session::serve: the Executor's Options::backend is not Backend::mpi");
+    if (rank() == 0) return false;
+    {
+      std::lock_guard<std::mutex> lock(pool.mutex_);
+      if (pool.started_) throw pfp::error("pfp::mpi::Session::serve: the Executor was started on this rank; on ranks other than 0 call serve() instead of submit()");
+      pool.started_ = pool.closed_ = true;  // this rank's Executor never runs a pool of its own
+      pool.failure_ = "this rank serves rank 0's Executor (pfp::mpi::Session::serve); submit on rank 0";
+    }
+    Executor::QueueFeed feed(pool);
+    pfp::detail::check_rank_threads(pool.options_, mpi_threads_);
+    pfp::detail::serve_rank(*transport_, pool.task_runner(), pool.options_, feed);
+    return true;
+  }
+
  private:
   void start(int* argc, char*** argv) {
     if (current()) throw pfp::error("pfp::mpi::Session: one is alive already; make one per program");
@@ -158,9 +180,10 @@ class Session {
     int initialized = 0;
     MPI_Initialized(&initialized);
     if (!initialized) {
-      int provided = 0;
-      detail::check(MPI_Init_thread(argc, argv, MPI_THREAD_SERIALIZED, &provided), "MPI_Init_thread");
+      detail::check(MPI_Init_thread(argc, argv, MPI_THREAD_SERIALIZED, &provided_), "MPI_Init_thread");
       owns_ = true;
+    } else {
+      MPI_Query_thread(&provided_);
     }
     const std::size_t after = pfp::detail::thread_count();
     mpi_threads_ = after > before ? after - before : 0;
@@ -176,12 +199,18 @@ class Session {
   static void run(const pfp::detail::FeedRunner& runner, const Options& options, pfp::detail::Feed& feed,
                   pfp::detail::CancelState* cancel) {
     Session* s = current();
+    int main_thread = 1;
+    MPI_Is_thread_main(&main_thread);
+    if (!main_thread && s->provided_ < MPI_THREAD_SERIALIZED)
+      throw pfp::error("pfp::mpi: this MPI library gives no MPI_THREAD_SERIALIZED, so Backend::mpi runs only in the "
+                       "thread that started MPI (an Executor runs its pool in a thread of its own)");
     pfp::detail::check_rank_threads(options, s->mpi_threads_);
     pfp::detail::run_feed_ranks(*s->transport_, runner, options, feed, cancel);
   }
 
   MPI_Comm comm_ = MPI_COMM_NULL;
   bool owns_ = false;
+  int provided_ = MPI_THREAD_SINGLE;
   std::size_t mpi_threads_ = 0;
   std::unique_ptr<detail::CommTransport> transport_;
 };

@@ -264,3 +264,33 @@ TEST_CASE("ranks waiting for long functions use under 5 % CPU", "[idle]") {
   CHECK(wall >= 1.9);
   CHECK(cpu < 0.05 * wall);
 }
+
+TEST_CASE("Executor: rank 0 submits, the other ranks serve and are released at shutdown", "[core]") {
+  const int size = session().size();
+  pfp::Executor pool(mpi_options());
+  auto square = pool.declare("square", [](int x) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    return x * x;
+  });
+  auto crash = pool.declare("crash", [](int) {
+    std::raise(SIGSEGV);
+    return 0;
+  });
+  if (session().serve(pool)) {  // ranks 1..: back here once rank 0's pool shut down
+    CHECK_THROWS_WITH(pool.submit(square, 2), Catch::Matchers::Contains("serves rank 0's Executor"));
+    return;
+  }
+  std::vector<pfp::Future<int>> futures;
+  for (int i = 0; i < 40 * size; ++i) futures.push_back(pool.submit(square, i));
+  auto crashed = pool.submit(crash, 1);
+  std::set<int> ranks;
+  for (int i = 0; i < 40 * size; ++i) {
+    CHECK(futures[static_cast<std::size_t>(i)].get() == i * i);
+    ranks.insert(futures[static_cast<std::size_t>(i)].result().rank);
+  }
+  CHECK(crashed.result().status == pfp::Status::crashed);
+  CHECK(static_cast<int>(ranks.size()) == size);
+  const auto t0 = Clock::now();
+  pool.shutdown();  // returns once every rank has ended its share
+  CHECK(seconds_since(t0) < 5.0);
+}

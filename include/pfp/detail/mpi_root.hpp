@@ -30,6 +30,12 @@ class RootRun {
       if (!stopping_ && !feed_done_) active |= dispatch();
       active |= receive();
       active |= collect_local();
+      if (share_.take_workers_started()) try {  // rank 0's own: what the front end waits for
+          feed_.workers_started();
+        } catch (...) {
+          consumer_failed();
+          stop_all();
+        }
       if (outstanding_ == 0 && (feed_done_ || stopping_) && !ending_) end_ranks();
       if (ending_ && dones_ == ranks_.size() - 1 && share_.ended()) break;
       if (active) idle.busy();

@@ -146,6 +146,18 @@ class RankShare final : public Feed {
     std::lock_guard<std::mutex> lock(mutex_);
     drop_queue(why);
   }
+  void workers_started() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    workers_started_ = true;
+    out_wake_.ring();
+  }
+  /// True once, after the pool forked its first workers (or ended without).
+  bool take_workers_started() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const bool news = (workers_started_ || ended_) && !started_told_;
+    started_told_ = started_told_ || news;
+    return news && workers_started_;
+  }
 
  private:
   struct Entry {
@@ -180,7 +192,7 @@ class RankShare final : public Feed {
   std::vector<std::uint64_t> seqs_;  // the run's seq of each task the pool pulled, by the pool's seq
   std::vector<Result> out_;
   std::uint64_t queued_ = 0, delivered_ = 0;
-  bool finished_ = false, ended_ = false;
+  bool finished_ = false, ended_ = false, workers_started_ = false, started_told_ = false;
   std::exception_ptr error_;
 };
 
