@@ -1,5 +1,6 @@
-// Tests for pfp::Value: construction, predicates, conversions (as<T>), object/array access,
-// iteration, equality, JSON text output, user types through ADL, copying, moving and deep nesting.
+// Tests for pfp::Value: construction, predicates, conversions (as<T>) and the key paths in their
+// errors, object/array access, iteration, equality, JSON text output and parsing (Value::parse),
+// user types through ADL, copying, moving and deep nesting.
 #include "pfp_catch.hpp"
 
 #include <pfp/pfp.hpp>
@@ -7,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <map>
 #include <optional>
@@ -985,6 +987,437 @@ TEST_CASE("deep nesting: 1000 levels copy, compare, print and destroy", "[value]
   std::ostringstream os;
   os << obj_copy;
   CHECK(os.str().size() > j.size());
+}
+
+// =============================================================================================
+// Value::parse: JSON text (RFC 8259) into a Value.
+namespace {
+
+// The message of the pfp::error that Value::parse(text) throws; fails the test when it parses.
+std::string parse_error(std::string_view text) {
+  return pfp_error_text([&] { (void)Value::parse(text); });
+}
+
+// Requires Value::parse(text) to fail at line:column with a message containing `what`.
+void check_parse_error(std::string_view text, const std::string& at, const std::string& what) {
+  std::string msg = parse_error(text);
+  INFO("input: " << std::string(text) << "\nmessage: " << msg);
+  CHECK_THAT(msg, Catch::Matchers::StartsWith("pfp::Value::parse: at " + at + ": "));
+  CHECK_THAT(msg, Catch::Matchers::Contains(what));
+}
+
+std::string nested(char open, char close, std::size_t depth, const std::string& inner = "") {
+  return std::string(depth, open) + inner + std::string(depth, close);
+}
+
+std::string nested_objects(std::size_t depth) {
+  std::string s;
+  for (std::size_t i = 0; i < depth; ++i) s += "{\"k\":";
+  return s + "1" + std::string(depth, '}');
+}
+
+}  // namespace
+
+TEST_CASE("Value::parse reads every kind of JSON value", "[value][parse]") {
+  CHECK(Value::parse("null").is_null());
+  CHECK(Value::parse("true") == Value(true));
+  CHECK(Value::parse("false") == Value(false));
+  CHECK(Value::parse("0") == Value(0));
+  CHECK(Value::parse("\"\"") == Value(""));
+  CHECK(Value::parse("[]") == Value::array());
+  CHECK(Value::parse("{}") == Value::object());
+  CHECK(Value::parse("  \t\r\n 42 \n\t\r ") == Value(42));  // the four JSON whitespace characters
+  Value v = Value::parse(R"( { "b" : [ 1 , 2.5 , "x" , true , false , null , [ ] , { } ] , "a" : { "c" : -7 } } )");
+  REQUIRE(v.is_object());
+  CHECK(v.size() == 2);
+  const Value& b = v.at("b");
+  REQUIRE(b.size() == 8);
+  CHECK(b.at(std::size_t{0}).is_integer());
+  CHECK(b.at(std::size_t{1}).is_floating());
+  CHECK(b.at(std::size_t{1}).as<double>() == 2.5);
+  CHECK(b.at(std::size_t{2}).as<std::string>() == "x");
+  CHECK(b.at(std::size_t{3}) == Value(true));
+  CHECK(b.at(std::size_t{4}) == Value(false));
+  CHECK(b.at(std::size_t{5}).is_null());
+  CHECK(b.at(std::size_t{6}) == Value::array());
+  CHECK(b.at(std::size_t{7}) == Value::object());
+  CHECK(v.at("a").at("c").as<int>() == -7);
+  CHECK(v.to_json() == R"({"a":{"c":-7},"b":[1,2.5,"x",true,false,null,[],{}]})");
+  // Keys in any order end up sorted, like every Value object.
+  CHECK(Value::parse(R"({"z":1,"a":2,"m":3})").to_json() == R"({"a":2,"m":3,"z":1})");
+}
+
+TEST_CASE("Value::parse: integers that fit int64 stay integers, other numbers are doubles", "[value][parse]") {
+  CHECK(Value::parse("9223372036854775807") == Value(kI64Max));
+  CHECK(Value::parse("-9223372036854775808") == Value(kI64Min));
+  Value above = Value::parse("9223372036854775808");
+  REQUIRE(above.is_floating());
+  CHECK(above.as<double>() == 9223372036854775808.0);
+  Value below = Value::parse("-9223372036854775809");
+  REQUIRE(below.is_floating());
+  CHECK(below.as<double>() == -9223372036854775808.0);
+  Value huge = Value::parse("123456789012345678901234567890");
+  REQUIRE(huge.is_floating());
+  CHECK(huge.as<double>() == 1.2345678901234568e29);
+  CHECK(Value::parse("-0") == Value(0));  // an integer, as in Python's json.loads
+  CHECK(Value::parse("-0").is_integer());
+  Value neg_zero = Value::parse("-0.0");
+  REQUIRE(neg_zero.is_floating());
+  CHECK(std::signbit(neg_zero.as<double>()));
+  // A fraction or an exponent makes a double even when the value is whole.
+  CHECK(Value::parse("1.0").is_floating());
+  CHECK(Value::parse("1e2") == Value(100.0));
+  CHECK(Value::parse("1E+2") == Value(100.0));
+  CHECK(Value::parse("25e-2") == Value(0.25));
+  CHECK(Value::parse("0e5") == Value(0.0));
+  CHECK(Value::parse("-1.5E3") == Value(-1500.0));
+  CHECK(Value::parse("0.1") == Value(0.1));  // correctly rounded
+  CHECK(Value::parse("1.7976931348623157e308") == Value(std::numeric_limits<double>::max()));
+  CHECK(Value::parse("4.9e-324") == Value(std::numeric_limits<double>::denorm_min()));
+  CHECK(Value::parse("2.2250738585072014e-308") == Value(std::numeric_limits<double>::min()));
+  CHECK(Value::parse("1e0000000000000000000001") == Value(10.0));
+  // Too small for a double rounds to zero (keeping the sign), as strtod and Python do.
+  CHECK(Value::parse("1e-400") == Value(0.0));
+  CHECK(Value::parse("2e-324") == Value(0.0));
+  CHECK(Value::parse("0.00001e-99999999999999999999") == Value(0.0));
+  Value tiny_neg = Value::parse("-1e-400");
+  REQUIRE(tiny_neg.is_floating());
+  CHECK(tiny_neg.as<double>() == 0.0);
+  CHECK(std::signbit(tiny_neg.as<double>()));
+  // Too large for a double is an error, not infinity.
+  check_parse_error("1e400", "1:1", "the number 1e400 is beyond the range of a double");
+  check_parse_error("[0, -1.8e308]", "1:5", "the number -1.8e308 is beyond the range of a double");
+  check_parse_error("0.1e310", "1:1", "beyond the range of a double");
+  check_parse_error("1e99999999999999999999", "1:1", "beyond the range of a double");
+  check_parse_error(std::string(400, '9'), "1:1", "beyond the range of a double");
+}
+
+TEST_CASE("Value::parse: numbers outside the JSON grammar are refused", "[value][parse]") {
+  check_parse_error("01", "1:1", "a number with a leading zero");
+  check_parse_error("-012", "1:1", "a number with a leading zero");
+  check_parse_error("[00]", "1:2", "a number with a leading zero");
+  check_parse_error("-", "1:2", "expected a digit after '-', found the end of the input");
+  check_parse_error("-a", "1:2", "expected a digit after '-', found 'a'");
+  check_parse_error("- 1", "1:2", "expected a digit after '-', found ' '");
+  check_parse_error("1.", "1:3", "expected a digit after the decimal point, found the end of the input");
+  check_parse_error("1.e5", "1:3", "expected a digit after the decimal point, found 'e5'");
+  check_parse_error("1e", "1:3", "expected a digit in the exponent, found the end of the input");
+  check_parse_error("1e+", "1:4", "expected a digit in the exponent");
+  check_parse_error("1E-x", "1:4", "expected a digit in the exponent, found 'x'");
+  check_parse_error("+1", "1:1", "expected a JSON value (object, array, string, number, true, false or null), found '+'");
+  check_parse_error(".5", "1:1", "expected a JSON value");
+  check_parse_error("0x10", "1:2", "expected the end of the input after the JSON value, found 'x10'");
+  check_parse_error("1.5.2", "1:4", "expected the end of the input after the JSON value, found '.'");
+  check_parse_error("NaN", "1:1", "NaN and Infinity are not JSON numbers");
+  check_parse_error("Infinity", "1:1", "NaN and Infinity are not JSON numbers");
+  check_parse_error("[1,-Infinity]", "1:5", "NaN and Infinity are not JSON numbers");
+  // to_json writes non-finite doubles as Python does; parsing them back says why it cannot.
+  std::string nan_text = Value(std::nan("")).to_json();
+  CHECK_THAT(parse_error(nan_text), Catch::Matchers::Contains("NaN and Infinity are not JSON"));
+}
+
+TEST_CASE("Value::parse: string escapes and \\u escapes, surrogate pairs included, become UTF-8", "[value][parse]") {
+  CHECK(Value::parse(R"("\" \\ \/ \b \f \n \r \t")").as<std::string>() == "\" \\ / \b \f \n \r \t");
+  CHECK(Value::parse(R"("\u0041\u00e9\u20AC")").as<std::string>() == "A\xC3\xA9\xE2\x82\xAC");  // A é €
+  CHECK(Value::parse(R"("\u007f\u0080\u07ff\u0800\uffff")").as<std::string>() ==
+        "\x7F\xC2\x80\xDF\xBF\xE0\xA0\x80\xEF\xBF\xBF");  // each UTF-8 length at its edges
+  CHECK(Value::parse(R"("\ud83d\ude00")").as<std::string>() == "\xF0\x9F\x98\x80");  // U+1F600
+  CHECK(Value::parse(R"("\uD800\uDC00")").as<std::string>() == "\xF0\x90\x80\x80");  // U+10000
+  CHECK(Value::parse(R"("\uDBFF\uDFFF")").as<std::string>() == "\xF4\x8F\xBF\xBF");  // U+10FFFF
+  Value nul = Value::parse(R"("a\u0000b")");
+  CHECK(nul.as<std::string>() == std::string("a\0b", 3));
+  // Raw UTF-8 passes through unchanged, in strings and keys.
+  std::string raw = "\"caf\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x98\x80\"";
+  CHECK(Value::parse(raw).as<std::string>() == raw.substr(1, raw.size() - 2));
+  Value keyed = Value::parse("{\"\xC3\xA9t\xC3\xA9\":1,\"\\u00e9\":2}");
+  CHECK(keyed.at("\xC3\xA9t\xC3\xA9").as<int>() == 1);
+  CHECK(keyed.at("\xC3\xA9").as<int>() == 2);
+  CHECK(Value::parse("\"\x7F\"").as<std::string>() == "\x7F");  // DEL needs no escape
+
+  check_parse_error(R"("\x")", "1:3", "expected an escape after '\\' (one of");
+  check_parse_error(R"("\U0041")", "1:3", "found 'U0041'");
+  check_parse_error("\"\\", "1:3", "expected an escape after '\\'");
+  check_parse_error(R"("\u12")", "1:6", "expected 4 hex digits after \\u, found '\"'");
+  check_parse_error(R"("\u12G4")", "1:6", "expected 4 hex digits after \\u, found 'G4'");
+  check_parse_error(R"("\u)", "1:4", "expected 4 hex digits after \\u, found the end of the input");
+  check_parse_error(R"("\ud800")", "1:2", "a UTF-16 high surrogate \\ud800 without a low one");
+  check_parse_error(R"("\ud800x")", "1:2", "without a low one");
+  check_parse_error(R"("\uDBFF\u0041")", "1:8", "\\u0041 after the high surrogate \\uDBFF is not a low surrogate");
+  check_parse_error(R"("\ud800\ud800")", "1:8", "is not a low surrogate");
+  check_parse_error(R"("\ud800\u00")", "1:12", "expected 4 hex digits after \\u");
+  check_parse_error(R"("\udc00")", "1:2", "a lone UTF-16 low surrogate \\udc00");
+  check_parse_error(R"("ab\uDFFFcd")", "1:4", "a lone UTF-16 low surrogate");
+}
+
+TEST_CASE("Value::parse: unterminated strings and raw control characters are refused", "[value][parse]") {
+  check_parse_error("\"abc", "1:5", "the string that starts at 1:1 has no closing '\"'");
+  check_parse_error("[\"a\", \"b", "1:9", "the string that starts at 1:7 has no closing '\"'");
+  check_parse_error("\"", "1:2", "has no closing");
+  check_parse_error("\"a\\\"", "1:5", "has no closing");  // the escaped quote does not close it
+  check_parse_error("\"a\tb\"", "1:3", "a raw control character (byte 0x09) in a string: JSON needs it escaped, as \\u0009");
+  check_parse_error("\"a\nb\"", "1:3", "(byte 0x0A)");
+  check_parse_error(std::string("\"a\0b\"", 5), "1:3", "(byte 0x00)");
+  check_parse_error("\"\x1F\"", "1:2", "as \\u001F");
+}
+
+TEST_CASE("Value::parse: JSON text must be valid UTF-8", "[value][parse]") {
+  const char* bad[] = {
+      "\"\x80\"",              // a continuation byte with no lead
+      "\"\xBF\"",              //
+      "\"\xC0\x80\"",          // overlong NUL
+      "\"\xC1\xBF\"",          // overlong U+007F
+      "\"\xE0\x80\x80\"",      // overlong (3 bytes)
+      "\"\xE0\x9F\xBF\"",      // overlong U+07FF
+      "\"\xED\xA0\x80\"",      // U+D800: a surrogate in UTF-8
+      "\"\xED\xBF\xBF\"",      // U+DFFF
+      "\"\xF0\x80\x80\x80\"",  // overlong (4 bytes)
+      "\"\xF0\x8F\xBF\xBF\"",  // overlong U+FFFF
+      "\"\xF4\x90\x80\x80\"",  // U+110000, beyond Unicode
+      "\"\xF5\x80\x80\x80\"",  // no such lead byte
+      "\"\xFF\"",              //
+      "\"\xC3\"",              // truncated by the quote
+      "\"\xE2\x82\"",          // truncated
+      "\"\xF0\x9F\x98\"",      // truncated
+      "\"\xC3x\"",             // a lead byte followed by ASCII
+  };
+  for (const char* text : bad) {
+    INFO("input bytes: " << text);
+    check_parse_error(text, "1:2", "invalid UTF-8 in a string");
+  }
+  check_parse_error("\"\xE2\x82", "1:2", "invalid UTF-8 in a string (at byte 0xE2)");  // truncated by the end
+  check_parse_error("\"ok\xC3\xA9\xFF\"", "1:5", "invalid UTF-8");  // the column counts é as one character
+  // The edges that are valid.
+  CHECK(Value::parse("\"\xC2\x80\xDF\xBF\xE0\xA0\x80\xED\x9F\xBF\xEE\x80\x80\xF0\x90\x80\x80\xF4\x8F\xBF\xBF\"")
+            .as<std::string>()
+            .size() == 21);
+  // Outside strings, any byte that is not JSON is refused and named.
+  check_parse_error("\xC3\xA9", "1:1", "found byte 0xC3");
+}
+
+TEST_CASE("Value::parse: malformed structure says line:column, what was expected and what was found", "[value][parse]") {
+  check_parse_error("", "1:1", "expected a JSON value (object, array, string, number, true, false or null), found the end of the input");
+  check_parse_error(" \n\t ", "2:3", "expected a JSON value");
+  check_parse_error("[", "1:2", "expected a JSON value");
+  check_parse_error("[1", "1:3", "expected ',' or ']' after an array element, found the end of the input");
+  check_parse_error("[1 2]", "1:4", "expected ',' or ']' after an array element, found '2'");
+  check_parse_error("[1,]", "1:4", "expected a value after ',' (JSON has no trailing commas), found ']'");
+  check_parse_error("[,1]", "1:2", "expected a JSON value");
+  check_parse_error("[1}", "1:3", "expected ',' or ']' after an array element, found '}'");
+  check_parse_error("{", "1:2", "expected a string key or '}', found the end of the input");
+  check_parse_error("{,}", "1:2", "expected a string key or '}', found ','");
+  check_parse_error("{a:1}", "1:2", "expected a string key or '}', found 'a'");
+  check_parse_error("{'a':1}", "1:2", "found '''");
+  check_parse_error("{\"a\"}", "1:5", "expected ':' after the key, found '}'");
+  check_parse_error("{\"a\" 1}", "1:6", "expected ':' after the key, found '1'");
+  check_parse_error("{\"a\":}", "1:6", "expected a JSON value");
+  check_parse_error("{\"a\":1", "1:7", "expected ',' or '}' after an object member, found the end of the input");
+  check_parse_error("{\"a\":1 \"b\":2}", "1:8", "expected ',' or '}' after an object member, found '\"'");
+  check_parse_error("{\"a\":1,}", "1:8", "expected a string key after ',' (JSON has no trailing commas), found '}'");
+  check_parse_error("{\"a\":1]", "1:7", "expected ',' or '}' after an object member, found ']'");
+  check_parse_error("{1:2}", "1:2", "expected a string key or '}', found '1'");
+  check_parse_error("tru", "1:1", "expected true, found 'tru'");
+  check_parse_error("trUe", "1:1", "expected true, found 'trUe'");
+  check_parse_error("fals", "1:1", "expected false, found 'fals'");
+  check_parse_error("nul", "1:1", "expected null, found 'nul'");
+  check_parse_error("None", "1:1", "expected a JSON value (object, array, string, number, true, false or null), found 'None'");
+  check_parse_error("True", "1:1", "found 'True'");
+  check_parse_error("nullx", "1:5", "expected the end of the input after the JSON value, found 'x'");
+  check_parse_error("{} {}", "1:4", "expected the end of the input after the JSON value, found '{'");
+  check_parse_error("1 2", "1:3", "expected the end of the input after the JSON value, found '2'");
+  check_parse_error("[1]\x01", "1:4", "found byte 0x01");
+  check_parse_error("/* c */ 1", "1:1", "found '/'");  // no comments in JSON
+  check_parse_error("\xEF\xBB\xBF", "1:2", "expected a JSON value");  // the mark is one character
+  check_parse_error("[\xEF\xBB\xBF" "1]", "1:2", "found byte 0xEF");  // a byte order mark only at the start
+  CHECK(Value::parse("\xEF\xBB\xBF[1]") == Value::array({1}));  // RFC 8259 lets a parser skip it
+  // A very long word is named by its first 20 characters.
+  std::string long_word = "x" + std::string(100, 'y');
+  check_parse_error(long_word, "1:1", "found '" + long_word.substr(0, 20) + "'");
+}
+
+TEST_CASE("Value::parse: lines and columns count from 1, columns in characters", "[value][parse]") {
+  check_parse_error("{\n  \"a\": 1,\n  \"b\": [1, 2,, 3]\n}", "3:14", "expected a JSON value (object, array, string, number, true, false or null), found ','");
+  check_parse_error("[\r\n1,\r\n x]", "3:2", "found 'x'");  // \r is a column, \n ends the line
+  check_parse_error("[\"\xC3\xA9\xE2\x82\xAC\xF0\x9F\x98\x80\", x]", "1:9", "found 'x'");  // three characters, nine bytes
+  check_parse_error("\n\n\n", "4:1", "found the end of the input");
+}
+
+TEST_CASE("Value::parse: a duplicate key is an error naming the key", "[value][parse]") {
+  check_parse_error(R"({"a":1,"a":2})", "1:8", "duplicate key \"a\" in an object");
+  check_parse_error(R"({"a":1,"b":{"x":1,"x":[]}})", "1:19", "duplicate key \"x\"");
+  check_parse_error(R"({"\u0061":1,"a":2})", "1:13", "duplicate key \"a\"");  // the same key once unescaped
+  check_parse_error("{\"q\\\"\":1,\"q\\\"\":2}", "1:10", "duplicate key \"q\\\"\"");
+  CHECK(Value::parse(R"({"a":1,"A":2,"a ":3})").size() == 3);  // keys differ by case or space
+  CHECK(Value::parse(R"([{"a":1},{"a":2}])").size() == 2);   // the same key in sibling objects
+}
+
+TEST_CASE("Value::parse: arrays and objects nest up to 512 deep; deeper is an error, not a crash", "[value][parse]") {
+  Value arrays = Value::parse(nested('[', ']', 512, "7"));
+  const Value* cur = &arrays;
+  for (int i = 0; i < 512; ++i) {
+    REQUIRE(cur->is_array());
+    cur = &cur->at(std::size_t{0});
+  }
+  CHECK(*cur == Value(7));
+  CHECK(Value::parse(nested_objects(512)).is_object());
+  CHECK(Value::parse(nested('[', ']', 256, nested_objects(256))).is_array());  // mixed
+
+  check_parse_error(nested('[', ']', 513), "1:513", "arrays and objects nested over 512 deep");
+  check_parse_error(nested_objects(513), "1:" + std::to_string(512 * 5 + 1), "nested over 512 deep");
+  check_parse_error(nested('[', ']', 256, nested_objects(257)), "1:" + std::to_string(256 + 256 * 5 + 1), "nested over 512 deep");
+  // A hostile input far deeper than any stack: refused at the limit, without recursing further.
+  check_parse_error(std::string(1000000, '['), "1:513", "nested over 512 deep");
+  check_parse_error(std::string(1000000, '{'), "1:2", "expected a string key or '}'");
+  // Long flat input is not nesting.
+  std::string flat = "[0";
+  for (int i = 1; i < 50000; ++i) flat += ",0";
+  flat += "]";
+  Value many = Value::parse(flat);
+  CHECK(many.size() == 50000);
+}
+
+TEST_CASE("Value::parse reads back what to_json writes", "[value][parse]") {
+  Value v{{"ints", Value::array({0, 1, -1, kI64Max, kI64Min, 1000000})},
+          {"doubles", Value::array({0.0, -0.0, 0.1, -2.5, 1e-5, 1.5e-300, 3.0, 1e16, 1e300, 4.9e-324,
+                                    std::numeric_limits<double>::max(), 123456.789, 1.0 / 3.0})},
+          {"text", Value::array({"", "plain", "quote \" backslash \\ slash /", "\b\f\n\r\t", std::string("nul\0in", 6),
+                                 "\x01\x1F\x7F", "caf\xC3\xA9 \xE2\x82\xAC \xF0\x9F\x98\x80"})},
+          {"flags", Value::array({true, false, Value()})},
+          {"nested", Value{{"empty_a", Value::array()}, {"empty_o", Value::object()},
+                           {"deep", Value::parse(nested('[', ']', 100, "{\"k\":[1,{\"z\":null}]}"))}}},
+          {"key with \"quotes\"\n", 1},
+          {"", "empty key"}};
+  for (int indent : {-1, 0, 1, 2, 4}) {
+    INFO("indent " << indent);
+    std::string text = v.to_json(indent);
+    Value back = Value::parse(text);
+    CHECK(back == v);
+    CHECK(back.to_json(indent) == text);
+  }
+  // Every double survives, its type kept: to_json writes the shortest text that reads back exact.
+  std::uint64_t x = 0x9E3779B97F4A7C15u;
+  for (int i = 0; i < 2000; ++i) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    double d;
+    std::memcpy(&d, &x, sizeof d);
+    if (!std::isfinite(d)) continue;
+    Value back = Value::parse(Value(d).to_json());
+    REQUIRE(back.is_floating());
+    double got = back.as<double>();
+    std::uint64_t got_bits;
+    std::memcpy(&got_bits, &got, sizeof got);
+    CHECK(got_bits == x);
+    Value i64 = Value::parse(Value(static_cast<std::int64_t>(x)).to_json());
+    CHECK(i64 == Value(static_cast<std::int64_t>(x)));
+  }
+  // Bytes print as base64 strings and come back as those strings (JSON has no bytes).
+  CHECK(Value::parse(Value::bytes(std::string("\x00\xFF", 2)).to_json()) == Value("AP8="));
+  // operator<< writes to_json(4), which parses too.
+  std::ostringstream os;
+  os << v;
+  CHECK(Value::parse(os.str()) == v);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key paths in conversion errors: where in the tree as<T>() failed.
+namespace {
+struct Row {
+  std::string name;
+  int qty = 0;
+};
+void from_value(const Value& v, Row& r) {
+  r.name = v.at("name").as<std::string>();
+  r.qty = v.at("qty").as<int>();
+}
+struct Table {
+  std::vector<Row> rows;
+};
+void from_value(const Value& v, Table& t) { t.rows = v.at("rows").as<std::vector<Row>>(); }
+// Reads through a copy: the failing value is not in the tree the caller converts.
+struct CopyReader {
+  int n = 0;
+};
+void from_value(const Value& v, CopyReader& c) {
+  Value copy = v;
+  c.n = copy.at("n").as<int>();
+}
+}  // namespace
+
+TEST_CASE("as<T>() says where in the tree a conversion failed", "[value][path]") {
+  Value doc = Value::parse(R"({"rows":[{"name":"a","qty":1},{"name":"b","qty":2},{"name":"c","qty":3},
+                              {"name":"d","qty":"x"}]})");
+  CHECK(pfp_error_text([&] { (void)doc.as<Table>(); }) ==
+        "pfp::Value: at \"rows\"[3].\"qty\": expected integer, but the value is a string (\"x\")");
+  CHECK(pfp_error_text([&] { (void)doc.at("rows").as<std::vector<Row>>(); }) ==
+        "pfp::Value: at [3].\"qty\": expected integer, but the value is a string (\"x\")");
+  CHECK(pfp_error_text([&] { (void)doc.at("rows").at(std::size_t{3}).as<Row>(); }) ==
+        "pfp::Value: at \"qty\": expected integer, but the value is a string (\"x\")");
+  // At the top there is no path, as before.
+  CHECK(pfp_error_text([&] { (void)Value("x").as<int>(); }) == "pfp::Value: expected integer, but the value is a string (\"x\")");
+  CHECK(pfp_error_text([&] { (void)doc.as<std::vector<int>>(); }) ==
+        "pfp::Value: std::vector needs an array, but the value is an object");
+  // A missing key and an index out of range are placed the same way.
+  Value no_qty = Value::parse(R"({"rows":[{"name":"a","qty":1},{"name":"b"}]})");
+  CHECK(pfp_error_text([&] { (void)no_qty.as<Table>(); }) == "pfp::Value: at \"rows\"[1]: no key \"qty\" in the object");
+  CHECK(pfp_error_text([&] { (void)Value::parse(R"({"rows":[7]})").as<Table>(); }) ==
+        "pfp::Value: at \"rows\"[0]: no key \"name\": the value is an integer, not an object");
+  CHECK(pfp_error_text([&] { (void)Value::parse(R"({"rows":{}})").as<Table>(); }) ==
+        "pfp::Value: at \"rows\": std::vector needs an array, but the value is an object");
+}
+
+TEST_CASE("as<T>() key paths through every container kind", "[value][path]") {
+  using Nested = std::map<std::string, std::vector<std::map<std::string, std::int8_t>>>;
+  CHECK(pfp_error_text([] { (void)Value::parse(R"({"a":[{"x":1},{"y":300}]})").as<Nested>(); }) ==
+        "pfp::Value: at \"a\"[1].\"y\": integer 300 is out of range for the requested type (-128 to 127)");
+  using Grid = std::vector<std::vector<double>>;
+  CHECK(pfp_error_text([] { (void)Value::parse(R"([[1,2],[3,true]])").as<Grid>(); }) ==
+        "pfp::Value: at [1][1]: expected floating, but the value is a bool (true)");
+  using Pairs = std::unordered_map<std::string, std::pair<int, std::optional<std::string>>>;
+  CHECK(pfp_error_text([] { (void)Value::parse(R"({"k":[1,"ok"],"m":[2,3]})").as<Pairs>(); }) ==
+        "pfp::Value: at \"m\"[1]: expected string, but the value is an integer (3)");
+  CHECK(pfp_error_text([] { (void)Value::parse(R"({"k":[1,2,3]})").as<Pairs>(); }) ==
+        "pfp::Value: at \"k\": a std::pair needs an array of 2 elements, found 3");
+  CHECK(pfp_error_text([] { (void)Value::parse(R"([null,[1,"x"]])").as<std::vector<std::optional<std::vector<int>>>>(); }) ==
+        "pfp::Value: at [1][1]: expected integer, but the value is a string (\"x\")");
+  // Keys are written as JSON strings, so any key reads unambiguously.
+  CHECK(pfp_error_text([] { (void)Value::parse(R"({"a.b":{"\"q\"":{"":false}}})").as<std::map<std::string, std::map<std::string, std::map<std::string, int>>>>(); }) ==
+        "pfp::Value: at \"a.b\".\"\\\"q\\\"\".\"\": expected integer, but the value is a bool (false)");
+  // Containers of user types, user types holding containers.
+  using Shelves = std::map<std::string, std::vector<shop::Item>>;
+  Value shelves = Value::parse(R"({"fruit":[{"name":"apple","price":0.5,"qty":3},{"name":"pear","price":"cheap","qty":1}]})");
+  CHECK(pfp_error_text([&] { (void)shelves.as<Shelves>(); }) ==
+        "pfp::Value: at \"fruit\"[1].\"price\": expected floating, but the value is a string (\"cheap\")");
+  Value order = Value::parse(R"({"id":1,"items":[{"name":"a","price":1,"qty":1}],"notes":{"x":"y","z":5}})");
+  CHECK(pfp_error_text([&] { (void)order.as<shop::Order>(); }) == "pfp::Value: at \"notes\".\"z\": expected string, but the value is an integer (5)");
+  // The same message when the tree was built in code, not parsed.
+  Value built;
+  built["rows"].push_back(Value{{"name", "a"}, {"qty", 2.5}});
+  CHECK(pfp_error_text([&] { (void)built.as<Table>(); }) == "pfp::Value: at \"rows\"[0].\"qty\": expected integer, but the value is a floating (2.5)");
+  // Success paths are unaffected.
+  Table t = Value::parse(R"({"rows":[{"name":"a","qty":1},{"name":"b","qty":2}]})").as<Table>();
+  REQUIRE(t.rows.size() == 2);
+  CHECK(t.rows[1].name == "b");
+  CHECK(t.rows[1].qty == 2);
+}
+
+TEST_CASE("as<T>() key paths: a from_value that reads a copy still reports the failure", "[value][path]") {
+  // The failing value lives in the copy, not in the tree being converted: the message says what
+  // failed, without a path that would be wrong.
+  Value v = Value::parse(R"({"list":[{"n":1},{"n":"two"}]})");
+  CHECK(pfp_error_text([&] { (void)v.at("list").as<std::vector<CopyReader>>(); }) ==
+        "pfp::Value: expected integer, but the value is a string (\"two\")");
+  // A pfp::error that is not about a value passes through unchanged.
+  CHECK(pfp_error_text([&] { (void)Value::parse(R"({"list":"x"})").at("list").as<CopyReader>(); }) ==
+        "pfp::Value: no key \"n\": the value is a string, not an object");
+  // The caught error is a pfp::error, by value too (no slicing of the message).
+  try {
+    (void)v.as<std::map<std::string, std::vector<std::map<std::string, int>>>>();
+    FAIL("no error");
+  } catch (const pfp::error& e) {
+    pfp::error sliced = e;  // a plain pfp::error copy keeps the whole message
+    CHECK(std::string(sliced.what()) == "pfp::Value: at \"list\"[1].\"n\": expected integer, but the value is a string (\"two\")");
+  }
 }
 
 // Kept last in the file: if Value's copy assignment mishandles a source that lives inside the

@@ -4,10 +4,9 @@
 // pfp::Value: the JSON-like dynamic value that carries results (and, by default, context and
 // arguments). User types convert through ADL to_value/from_value, as in nlohmann/json.
 
+#include <pfp/detail/json_write.hpp>
 #include <pfp/error.hpp>
 
-#include <charconv>
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
@@ -33,6 +32,23 @@ class Reader;
 
 template <class>
 inline constexpr bool dependent_false = false;
+
+// What Value throws about one value (a type mismatch, a missing key, an index out of range). It
+// remembers which value, so that an enclosing as<T>() can say where that value sits in the tree
+// it converts (at "rows"[3]."qty": ...); that path is worked out only once something throws.
+class value_error : public error {
+ public:
+  value_error(const void* node, std::string detail, const std::string& path = {})
+      : error("pfp::Value: " + (path.empty() ? std::string() : "at " + path + ": ") + detail),
+        node_(node),
+        detail_(std::move(detail)) {}
+  const void* node() const noexcept { return node_; }
+  const std::string& detail() const noexcept { return detail_; }
+
+ private:
+  const void* node_;  // compared, never dereferenced: it may be gone by the time it is caught
+  std::string detail_;
+};
 
 template <class T>
 struct is_vector : std::false_type {};
@@ -72,10 +88,6 @@ struct has_from_value<T, std::void_t<decltype(from_value(std::declval<const Valu
 template <class T>
 inline constexpr bool is_integer_v = std::is_integral_v<T> && !std::is_same_v<T, bool>;
 
-inline void append_json_string(std::string& out, std::string_view s);
-inline void append_base64(std::string& out, std::string_view raw);
-inline void append_json_double(std::string& out, double d);
-
 }  // namespace detail
 
 /// A JSON-like dynamic value: null, bool, integer (int64), floating (double), string, bytes,
@@ -107,8 +119,7 @@ class Value {
     } else if (holds_scalar()) {
       data_ = std::move(other.data_);  // null or a scalar: other cannot live inside it
     } else {
-      Value taken(std::move(other));
-      data_ = std::move(taken.data_);
+      take(other);
     }
     return *this;
   }
@@ -218,60 +229,30 @@ class Value {
   /// Converts to T: bool, any integer (range-checked), float/double (integers too), std::string
   /// (string or bytes), std::vector, std::map/unordered_map with string keys, std::optional,
   /// std::pair, Value, and user types with `from_value(const pfp::Value&, T&)` in their namespace.
-  /// Throws pfp::error when the value does not match or an integer is out of T's range.
+  /// Throws pfp::error when the value does not match or an integer is out of T's range; inside a
+  /// container or a user type the message says where, e.g.
+  /// `pfp::Value: at "rows"[3]."qty": expected integer, but the value is a string ("x")`.
   template <class T>
   T as() const {
     using U = std::remove_cv_t<T>;
-    if constexpr (std::is_same_v<U, Value>) {
-      return *this;
-    } else if constexpr (std::is_same_v<U, bool>) {
-      if (!is_bool()) throw mismatch("bool");
-      return std::get<bool>(data_);
-    } else if constexpr (detail::is_integer_v<U>) {
-      if (!is_integer()) throw mismatch("integer");
-      return range_checked<U>(std::get<std::int64_t>(data_));
-    } else if constexpr (std::is_floating_point_v<U>) {
-      if (is_integer()) return static_cast<U>(std::get<std::int64_t>(data_));
-      if (!is_floating()) throw mismatch("floating");
-      return static_cast<U>(std::get<double>(data_));
-    } else if constexpr (std::is_same_v<U, std::string>) {
-      return str();
-    } else if constexpr (detail::is_vector<U>::value) {
-      const Array& arr = elements_or_throw("std::vector");
-      U out;
-      out.reserve(arr.size());
-      for (std::size_t i = 0; i < arr.size(); ++i) out.push_back(element_as<typename U::value_type>(arr[i], i));
-      return out;
-    } else if constexpr (detail::is_string_map<U>::value) {
-      if (!is_object()) throw mismatch("object");
-      U out;
-      for (const auto& [k, v] : std::get<Object>(data_)) {
-        try {
-          out.emplace(k, v.template as<typename U::mapped_type>());
-        } catch (const error& e) {
-          throw error("pfp::Value: at key \"" + k + "\": " + e.what());
-        }
-      }
-      return out;
-    } else if constexpr (detail::is_optional<U>::value) {
-      if (is_null()) return U{};
-      return U{as<typename U::value_type>()};
-    } else if constexpr (detail::is_pair<U>::value) {
-      const Array& arr = elements_or_throw("std::pair");
-      if (arr.size() != 2) throw error("pfp::Value: a std::pair needs an array of 2 elements, found " + std::to_string(arr.size()));
-      return U{element_as<typename U::first_type>(arr[0], 0), element_as<typename U::second_type>(arr[1], 1)};
-    } else if constexpr (detail::has_from_value<U>::value) {
-      static_assert(std::is_default_constructible_v<U>,
-                    "pfp::Value::as<T>: T must be default-constructible to be filled by from_value");
-      U out{};
-      from_value(*this, out);
-      return out;
+    if constexpr (std::is_same_v<U, Value> || std::is_arithmetic_v<U> || std::is_same_v<U, std::string>) {
+      return convert<U>();  // no members below it to name
     } else {
-      static_assert(detail::dependent_false<U>,
-                    "pfp::Value::as<T>: T cannot be converted from pfp::Value; define "
-                    "void from_value(const pfp::Value&, T&) in T's namespace");
+      try {
+        return convert<U>();
+      } catch (const detail::value_error& e) {
+        throw located(e);
+      }
     }
   }
+
+  /// Parses JSON text (RFC 8259, strictly): integers that fit int64 become integers, other numbers
+  /// doubles; \u escapes (surrogate pairs too) become UTF-8; a UTF-8 byte order mark is skipped.
+  /// Parses what to_json() writes back to an equal Value, except bytes (they come back as their
+  /// base64 strings) and NaN / Infinity (not JSON). Throws pfp::error saying where (line:column)
+  /// and what was expected: for malformed text, invalid UTF-8, a duplicate key, a number beyond
+  /// double's range, or arrays and objects nested over 512 deep (a guard for the stack).
+  static Value parse(std::string_view json);
 
   /// The text of a string or the payload of a bytes value. Throws pfp::error otherwise.
   const std::string& str() const {
@@ -306,9 +287,8 @@ class Value {
 
   /// Throws pfp::error when the key is absent or the value is not an object.
   const Value& at(std::string_view key) const {
-    if (!is_object()) throw error("pfp::Value::at(\"" + std::string(key) + "\"): the value is " + article_type() + ", not an object");
     const Value* v = find(key);
-    if (!v) throw error("pfp::Value::at: no key \"" + std::string(key) + "\" in the object");
+    if (!v) throw missing_key(key);
     return *v;
   }
   Value& at(std::string_view key) { return const_cast<Value&>(static_cast<const Value&>(*this).at(key)); }
@@ -316,8 +296,7 @@ class Value {
   /// Throws pfp::error when not an array or i is out of range.
   const Value& at(std::size_t i) const {
     const Array& arr = elements_or_throw("an array element");
-    if (i >= arr.size())
-      throw error("pfp::Value::at(" + std::to_string(i) + "): index out of range for an array of " + std::to_string(arr.size()));
+    if (i >= arr.size()) throw detail::value_error(this, "index " + std::to_string(i) + " is out of range for an array of " + std::to_string(arr.size()));
     return arr[i];
   }
   Value& at(std::size_t i) { return const_cast<Value&>(static_cast<const Value&>(*this).at(i)); }
@@ -382,6 +361,28 @@ class Value {
       default: ::new (static_cast<void*>(&data_)) Data(); break;
     }
   }
+  // other may live inside this value (node = std::move(node["child"])): its content is moved out
+  // first, then the old content (other with it) is destroyed. One alternative at a time, not the
+  // variant's move assignment, whose every-alternative table GCC 12 at -O3 warns about
+  // (-Wmaybe-uninitialized on a freshly moved temporary).
+  void take(Value& other) noexcept {
+    switch (other.data_.index()) {
+      case 1: take_alternative<1>(other); break;
+      case 2: take_alternative<2>(other); break;
+      case 3: take_alternative<3>(other); break;
+      case 4: take_alternative<4>(other); break;
+      case 5: take_alternative<5>(other); break;
+      case 6: take_alternative<6>(other); break;
+      case 7: take_alternative<7>(other); break;
+      default: data_.template emplace<0>(); break;
+    }
+  }
+  template <std::size_t I>
+  void take_alternative(Value& other) noexcept {
+    std::variant_alternative_t<I, Data> content(std::move(*std::get_if<I>(&other.data_)));
+    data_.template emplace<I>(std::move(content));
+  }
+
   // Sets null (I = 0) or an integer (I = 2), the same way when it holds a scalar.
   template <std::size_t I, class... A>
   void set_trivial(A... a) noexcept {
@@ -401,6 +402,54 @@ class Value {
     return *a;
   }
 
+  // as<T>() without naming where a failure is (as<T>() does that, once, when it throws).
+  template <class U>
+  U convert() const {
+    if constexpr (std::is_same_v<U, Value>) {
+      return *this;
+    } else if constexpr (std::is_same_v<U, bool>) {
+      if (!is_bool()) throw mismatch("bool");
+      return std::get<bool>(data_);
+    } else if constexpr (detail::is_integer_v<U>) {
+      if (!is_integer()) throw mismatch("integer");
+      return range_checked<U>(std::get<std::int64_t>(data_));
+    } else if constexpr (std::is_floating_point_v<U>) {
+      if (is_integer()) return static_cast<U>(std::get<std::int64_t>(data_));
+      if (!is_floating()) throw mismatch("floating");
+      return static_cast<U>(std::get<double>(data_));
+    } else if constexpr (std::is_same_v<U, std::string>) {
+      return str();
+    } else if constexpr (detail::is_vector<U>::value) {
+      const Array& arr = elements_or_throw("std::vector");
+      U out;
+      out.reserve(arr.size());
+      for (std::size_t i = 0; i < arr.size(); ++i) out.push_back(arr[i].template as<typename U::value_type>());
+      return out;
+    } else if constexpr (detail::is_string_map<U>::value) {
+      if (!is_object()) throw mismatch("object");
+      U out;
+      for (const auto& [k, v] : std::get<Object>(data_)) out.emplace(k, v.template as<typename U::mapped_type>());
+      return out;
+    } else if constexpr (detail::is_optional<U>::value) {
+      if (is_null()) return U{};
+      return U{as<typename U::value_type>()};
+    } else if constexpr (detail::is_pair<U>::value) {
+      const Array& arr = elements_or_throw("std::pair");
+      if (arr.size() != 2) throw detail::value_error(this, "a std::pair needs an array of 2 elements, found " + std::to_string(arr.size()));
+      return U{arr[0].template as<typename U::first_type>(), arr[1].template as<typename U::second_type>()};
+    } else if constexpr (detail::has_from_value<U>::value) {
+      static_assert(std::is_default_constructible_v<U>,
+                    "pfp::Value::as<T>: T must be default-constructible to be filled by from_value");
+      U out{};
+      from_value(*this, out);
+      return out;
+    } else {
+      static_assert(detail::dependent_false<U>,
+                    "pfp::Value::as<T>: T cannot be converted from pfp::Value; define "
+                    "void from_value(const pfp::Value&, T&) in T's namespace");
+    }
+  }
+
   template <class T>
   static std::int64_t checked_int64(T i) {
     if constexpr (std::is_unsigned_v<T> && sizeof(T) >= sizeof(std::int64_t)) {
@@ -411,7 +460,7 @@ class Value {
   }
 
   template <class U>
-  static U range_checked(std::int64_t i) {
+  U range_checked(std::int64_t i) const {
     bool fits;
     if constexpr (std::is_unsigned_v<U>) {
       fits = i >= 0 && static_cast<std::uint64_t>(i) <= static_cast<std::uint64_t>(std::numeric_limits<U>::max());
@@ -420,18 +469,10 @@ class Value {
              i <= static_cast<std::int64_t>(std::numeric_limits<U>::max());
     }
     if (!fits)
-      throw error("pfp::Value: integer " + std::to_string(i) + " is out of range for the requested type (" +
-                  std::to_string(+std::numeric_limits<U>::min()) + " to " + std::to_string(+std::numeric_limits<U>::max()) + ")");
+      throw detail::value_error(this, "integer " + std::to_string(i) + " is out of range for the requested type (" +
+                                          std::to_string(+std::numeric_limits<U>::min()) + " to " +
+                                          std::to_string(+std::numeric_limits<U>::max()) + ")");
     return static_cast<U>(i);
-  }
-
-  template <class E>
-  static E element_as(const Value& v, std::size_t i) {
-    try {
-      return v.template as<E>();
-    } catch (const error& e) {
-      throw error("pfp::Value: at index " + std::to_string(i) + ": " + e.what());
-    }
   }
 
   template <class M>
@@ -445,7 +486,7 @@ class Value {
 
   const Array& elements_or_throw(const char* what) const {
     if (auto* a = std::get_if<Array>(&data_)) return *a;
-    throw error(std::string("pfp::Value: ") + what + " needs an array, but the value is " + article_type());
+    throw detail::value_error(this, std::string(what) + " needs an array, but the value is " + article_type());
   }
 
   std::string article_type() const {
@@ -454,9 +495,44 @@ class Value {
     return std::string(is_null() ? "" : (vowel ? "an " : "a ")) + std::string(n);
   }
 
-  error mismatch(const char* wanted) const {
-    return error(std::string("pfp::Value: expected ") + wanted + ", but the value is " + article_type() +
-                 (is_null() ? "" : " (" + to_json().substr(0, 60) + ")"));
+  PFP_DETAIL_COLD detail::value_error mismatch(const char* wanted) const {
+    return detail::value_error(this, std::string("expected ") + wanted + ", but the value is " + article_type() +
+                                         (is_null() ? "" : " (" + to_json().substr(0, 60) + ")"));
+  }
+
+  PFP_DETAIL_COLD detail::value_error missing_key(std::string_view key) const {
+    std::string k;
+    detail::append_json_string(k, key);
+    if (!is_object()) return detail::value_error(this, "no key " + k + ": the value is " + article_type() + ", not an object");
+    return detail::value_error(this, "no key " + k + " in the object");
+  }
+
+  // e named a value somewhere below this one: the same error, saying where that value is.
+  PFP_DETAIL_COLD detail::value_error located(const detail::value_error& e) const {
+    std::string path;
+    if (e.node() == this || !path_to(e.node(), path)) return e;
+    return detail::value_error(e.node(), e.detail(), path);
+  }
+
+  // Appends the way from this value down to target ("rows"[3]."qty"); false when it is not below.
+  bool path_to(const void* target, std::string& path) const {
+    if (target == this) return true;
+    std::size_t mark = path.size();
+    if (auto* arr = std::get_if<Array>(&data_)) {
+      for (std::size_t i = 0; i < arr->size(); ++i) {
+        path += '[' + std::to_string(i) + ']';
+        if ((*arr)[i].path_to(target, path)) return true;
+        path.resize(mark);
+      }
+    } else if (auto* obj = std::get_if<Object>(&data_)) {
+      for (const auto& [k, v] : *obj) {
+        if (mark) path += '.';
+        detail::append_json_string(path, k);
+        if (v.path_to(target, path)) return true;
+        path.resize(mark);
+      }
+    }
+    return false;
   }
 
   static void newline(std::string& out, int indent, int depth) {
@@ -518,69 +594,8 @@ using Args = Value;
 /// The same text as v.to_json(4): sorted keys, 4 spaces per level.
 inline std::ostream& operator<<(std::ostream& os, const Value& v) { return os << v.to_json(4); }
 
-namespace detail {
-
-inline void append_json_string(std::string& out, std::string_view s) {
-  static constexpr char hex[] = "0123456789abcdef";
-  out += '"';
-  for (char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      case '\b': out += "\\b"; break;
-      case '\f': out += "\\f"; break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          out += "\\u00";
-          out += hex[(static_cast<unsigned char>(c) >> 4) & 0xF];
-          out += hex[static_cast<unsigned char>(c) & 0xF];
-        } else {
-          out += c;
-        }
-    }
-  }
-  out += '"';
-}
-
-inline void append_base64(std::string& out, std::string_view raw) {
-  static constexpr char table[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-  std::size_t i = 0;
-  auto byte = [&](std::size_t k) { return static_cast<std::uint32_t>(static_cast<unsigned char>(raw[k])); };
-  for (; i + 2 < raw.size(); i += 3) {
-    std::uint32_t n = (byte(i) << 16) | (byte(i + 1) << 8) | byte(i + 2);
-    out += table[(n >> 18) & 63];
-    out += table[(n >> 12) & 63];
-    out += table[(n >> 6) & 63];
-    out += table[n & 63];
-  }
-  if (std::size_t rest = raw.size() - i) {
-    std::uint32_t n = byte(i) << 16;
-    if (rest == 2) n |= byte(i + 1) << 8;
-    out += table[(n >> 18) & 63];
-    out += table[(n >> 12) & 63];
-    out += rest == 2 ? table[(n >> 6) & 63] : '=';
-    out += '=';
-  }
-}
-
-// Python's repr(float): shortest round-trip digits, scientific below 1e-4 and from 1e16 on,
-// and always recognisable as a float ("3.0").
-inline void append_json_double(std::string& out, double d) {
-  if (std::isnan(d)) { out += "NaN"; return; }
-  if (std::isinf(d)) { out += d < 0 ? "-Infinity" : "Infinity"; return; }
-  char buf[64];
-  double mag = std::fabs(d);
-  bool scientific = mag != 0.0 && (mag < 1e-4 || mag >= 1e16);
-  auto res = std::to_chars(buf, buf + sizeof buf, d, scientific ? std::chars_format::scientific : std::chars_format::fixed);
-  std::string_view text(buf, static_cast<std::size_t>(res.ptr - buf));
-  out += text;
-  if (!scientific && text.find('.') == std::string_view::npos) out += ".0";
-}
-
-}  // namespace detail
 }  // namespace pfp
+
+#include <pfp/detail/json_parse.hpp>  // Value::parse, which needs Value complete
 
 #endif  // PFP_VALUE_HPP
