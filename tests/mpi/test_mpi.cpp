@@ -159,6 +159,7 @@ TEST_CASE("cancel() on rank 0 stops running functions on every rank within 1 s",
   CHECK(took < 10.0);
   if (session().rank() != 0) return;
   canceller.join();
+  std::printf("cancel() to the last Result of %d ranks: %.3f s\n", size, seconds_since(cancelled_at));
   CHECK(seconds_since(cancelled_at) < 1.0);
   std::set<int> killed_on;  // ranks where a running function was stopped
   for (const pfp::Result& r : got) {
@@ -293,4 +294,29 @@ TEST_CASE("Executor: rank 0 submits, the other ranks serve and are released at s
   const auto t0 = Clock::now();
   pool.shutdown();  // returns once every rank has ended its share
   CHECK(seconds_since(t0) < 5.0);
+}
+
+namespace {
+struct FourItems {
+  auto build_items() { return pfp::iota(0, 4); }
+  void handle_item(int, pfp::ItemContext&) {}
+};
+}  // namespace
+
+TEST_CASE("the batch Manager is refused with Backend::mpi, on every rank alike", "[core]") {
+  session();
+  pfp::ManagerOptions o;
+  o.backend = pfp::Backend::mpi;
+  o.workers = 2;
+  o.logger = pfp::silent_logger();
+  o.progress.mode = pfp::ProgressMode::off;
+  pfp::Manager<FourItems> m(FourItems{}, o);
+  std::string what;
+  try {
+    const pfp::ExitStatus st = m.run();
+    what = pfp::to_string(st) + ": " + st.message;
+  } catch (const pfp::error& e) {
+    what = e.what();
+  }
+  CHECK_THAT(what, Catch::Matchers::Contains("the batch Manager"));
 }

@@ -60,6 +60,10 @@ class Feed {
   /// gives any.
   virtual std::size_t pull_run(std::size_t /*max*/, std::uint64_t& /*first_fn*/, Result*& /*places*/) { return 0; }
 
+  /// After pull_run(): the verdict of task `seq` is final in its place (for a feed that streams
+  /// them on, e.g. to another MPI rank). Called once per task, in completion order.
+  virtual void placed(std::uint64_t /*seq*/) {}
+
   /// After pull() returned nullopt: true if no task will ever come again (the run ends once the
   /// tasks in flight are delivered); false if more may come later (see wake_fd).
   virtual bool finished() = 0;

@@ -255,6 +255,9 @@ class RootRun {
 /// others serve (their feed hears drop_rest: the Results are on rank 0). Collective: every rank
 /// calls it with the same registrations. Throws pfp::error on every rank if they differ.
 inline void run_feed_ranks(Transport& t, const FeedRunner& run, const Options& options, Feed& feed, CancelState* cancel) {
+  if (feed.side_fd() >= 0)  // the same on every rank: each throws before the handshake
+    throw error("pfp::mpi: this front end (the batch Manager) sends its workers' log lines on a channel of one machine, "
+                "which Backend::mpi does not carry; use MultiProcessor, map_results or Executor with Backend::mpi");
   if (t.rank() == 0)
     RootRun(t, run, options, feed, cancel).run();
   else

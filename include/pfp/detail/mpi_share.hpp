@@ -19,9 +19,13 @@
 #include <pfp/options.hpp>
 #include <pfp/result.hpp>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <iterator>
+#include <list>
+#include <memory>
 #include <exception>
 #include <mutex>
 #include <optional>
@@ -89,8 +93,12 @@ class RankShare final : public Feed {
   void cancel() noexcept { cancel_.request(); }
   /// Moves every Result delivered since the last call into out (index = the run's seq, rank set).
   void take(std::vector<Result>& out) {
-    out_wake_.drain();
+    out_wake_.drain();  // first: a Result filed after it rings again (see file())
     std::lock_guard<std::mutex> lock(mutex_);
+    if (out.empty()) {
+      out.swap(out_);
+      return;
+    }
     for (Result& r : out_) out.push_back(std::move(r));
     out_.clear();
   }
@@ -123,11 +131,39 @@ class RankShare final : public Feed {
     if (queue_.empty()) return std::nullopt;
     Entry& e = queue_.front();
     Task t{e.fn, std::move(e.payload)};
-    seqs_.push_back(e.seq);
+    locals_.push_back(Local{e.seq, nullptr, blocks_.end()});
     ++e.seq;
     ++e.fn;
     if (--e.count == 0) queue_.pop_front();
     return t;
+  }
+  // Runs without payloads go to the pool as runs: their Results are made in blocks here, and
+  // placed() streams each on as soon as it is final.
+  std::size_t pull_run(std::size_t max, std::uint64_t& first_fn, Result*& places) override {
+    in_wake_.drain();
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (queue_.empty() || !queue_.front().payload.empty()) return 0;
+    Entry& e = queue_.front();
+    const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(max, e.count));
+    blocks_.push_back(Block{std::make_unique<Result[]>(n), n});
+    const auto block = std::prev(blocks_.end());
+    for (std::size_t k = 0; k < n; ++k) {
+      block->results[k].index = locals_.size();
+      locals_.push_back(Local{e.seq + k, &block->results[k], block});
+    }
+    first_fn = e.fn;
+    places = block->results.get();
+    e.seq += n;
+    e.fn += n;
+    e.count -= n;
+    if (e.count == 0) queue_.pop_front();
+    return n;
+  }
+  void placed(std::uint64_t local) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    Local& l = locals_[static_cast<std::size_t>(local)];
+    file(l.seq, std::move(*l.place));
+    if (--l.block->remaining == 0) blocks_.erase(l.block);
   }
   bool finished() override {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -136,11 +172,7 @@ class RankShare final : public Feed {
   int wake_fd() const override { return in_wake_.read_fd(); }
   void deliver(std::uint64_t local, Result&& r) override {
     std::lock_guard<std::mutex> lock(mutex_);
-    r.index = static_cast<std::size_t>(seqs_[static_cast<std::size_t>(local)]);
-    r.rank = rank_;
-    out_.push_back(std::move(r));
-    ++delivered_;
-    out_wake_.ring();
+    file(locals_[static_cast<std::size_t>(local)].seq, std::move(r));
   }
   void drop_rest(const std::string& why) override {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -164,17 +196,32 @@ class RankShare final : public Feed {
     std::uint64_t seq, fn, count;
     std::string payload;
   };
+  struct Block {
+    std::unique_ptr<Result[]> results;
+    std::size_t remaining;  // not yet placed
+  };
+  struct Local {  // a task the pool pulled, by the pool's seq
+    std::uint64_t seq;  // the run's
+    Result* place;      // in a block (pull_run), or null (pull)
+    std::list<Block>::iterator block;
+  };
+  // Hands r on as task seq's Result. The coordinator is woken when the first Result waits: it
+  // takes them all at once. Called with the lock held.
+  void file(std::uint64_t seq, Result&& r) {
+    r.index = static_cast<std::size_t>(seq);
+    r.rank = rank_;
+    if (out_.empty()) out_wake_.ring();
+    out_.push_back(std::move(r));
+    ++delivered_;
+  }
   // Every task still queued ends as cancelled with `why`. Called with the lock held.
   void drop_queue(const std::string& why) {
     for (Entry& e : queue_) {
       for (std::uint64_t k = 0; k < e.count; ++k) {
         Result r;
-        r.index = static_cast<std::size_t>(e.seq + k);
-        r.rank = rank_;
         r.status = Status::cancelled;
         r.error = why;
-        out_.push_back(std::move(r));
-        ++delivered_;
+        file(e.seq + k, std::move(r));
       }
     }
     queue_.clear();
@@ -189,7 +236,8 @@ class RankShare final : public Feed {
   std::thread thread_;
   std::mutex mutex_;  // guards everything below
   std::deque<Entry> queue_;
-  std::vector<std::uint64_t> seqs_;  // the run's seq of each task the pool pulled, by the pool's seq
+  std::vector<Local> locals_;
+  std::list<Block> blocks_;
   std::vector<Result> out_;
   std::uint64_t queued_ = 0, delivered_ = 0;
   bool finished_ = false, ended_ = false, workers_started_ = false, started_told_ = false;

@@ -332,6 +332,12 @@ class Pool {
         std::string().swap(slot.task.payload);
       else
         slot.task.payload.clear();
+    } else {
+      try {
+        feed_.placed(slot.seq + TaskTable::place_of(id));
+      } catch (...) {
+        consumer_failed();
+      }
     }
     tasks_.release(id);
   }
