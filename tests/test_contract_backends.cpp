@@ -271,14 +271,7 @@ const char* front_name(Front fe) {
   return "?";
 }
 
-const char* backend_name(Backend b) {
-  switch (b) {
-    case Backend::processes: return "processes";
-    case Backend::threads: return "threads";
-    case Backend::inline_: return "inline";
-  }
-  return "?";
-}
+const char* backend_name(Backend b) { return pfp::to_string(b).data(); }
 
 /// Front ends that hand the Results out in input order (the others: in completion order).
 bool ordered(Front fe) {

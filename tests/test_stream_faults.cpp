@@ -25,14 +25,7 @@ namespace {
 
 const std::vector<pfp::Backend> kBackends = {pfp::Backend::processes, pfp::Backend::threads, pfp::Backend::inline_};
 
-const char* name_of(pfp::Backend b) {
-  switch (b) {
-    case pfp::Backend::processes: return "processes";
-    case pfp::Backend::threads: return "threads";
-    case pfp::Backend::inline_: return "inline";
-  }
-  return "?";
-}
+const char* name_of(pfp::Backend b) { return pfp::to_string(b).data(); }
 
 pfp::MapOptions map_opts(pfp::Backend b, unsigned workers = 2) {
   pfp::MapOptions o;

@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <string_view>
 
 namespace pfp {
 
@@ -23,6 +24,17 @@ enum class Backend {
   inline_,    ///< one after another in the calling thread: for debuggers, sanitizers and profilers
   mpi,        ///< worker processes on every MPI rank (needs <pfp/mpi.hpp> and a live pfp::mpi::Session)
 };
+
+/// The backend's name as written in the enum ("processes", "threads", "inline", "mpi").
+constexpr std::string_view to_string(Backend b) noexcept {
+  switch (b) {
+    case Backend::processes: return "processes";
+    case Backend::threads: return "threads";
+    case Backend::inline_: return "inline";
+    case Backend::mpi: return "mpi";
+  }
+  return "?";
+}
 
 /// How a run is carried out. Every field has a usable default.
 struct Options {

@@ -155,7 +155,7 @@ class Pool {
         polled_.push_back(w.get());
       }
     }
-    const int rc = ::poll(poll_fds_.data(), static_cast<nfds_t>(poll_fds_.size()), poll_timeout_ms());
+    const int rc = poll_fds(poll_fds_.data(), poll_fds_.size(), poll_timeout_ms());
     if (rc < 0 && errno != EINTR) throw_errno("poll");
     return rc;
   }

@@ -19,7 +19,10 @@
 
 #include <cxxabi.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/resource.h>
+#include <time.h>
 #include <sys/mman.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -184,6 +187,30 @@ inline ssize_t read_some(int fd, void* data, std::size_t n) noexcept {
 }
 
 /// waitpid() retried on EINTR.
+/// poll(), also when the descriptors watched outnumber RLIMIT_NOFILE (then poll() itself refuses
+/// with EINVAL, e.g. after the program lowered the limit mid-run): the set is then looked at in
+/// slices the limit allows, every millisecond until one is ready or timeout_ms passed. Returns
+/// poll()'s count, or -1 with errno for any other failure (EINTR included).
+inline int poll_fds(pollfd* fds, std::size_t n, int timeout_ms) noexcept {
+  int rc = ::poll(fds, static_cast<nfds_t>(n), timeout_ms);
+  if (rc >= 0 || errno != EINVAL || n == 0) return rc;
+  rlimit lim{};
+  if (::getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur >= n || lim.rlim_cur == 0) return rc;
+  const std::size_t slice = static_cast<std::size_t>(lim.rlim_cur);
+  for (int waited = 0;; ++waited) {
+    int ready = 0;
+    for (std::size_t at = 0; at < n; at += slice) {
+      const std::size_t len = n - at < slice ? n - at : slice;
+      const int r = ::poll(fds + at, static_cast<nfds_t>(len), 0);
+      if (r < 0) return r;
+      ready += r;
+    }
+    if (ready > 0 || (timeout_ms >= 0 && waited >= timeout_ms)) return ready;
+    timespec pause{0, 1'000'000L};
+    ::nanosleep(&pause, nullptr);
+  }
+}
+
 inline pid_t wait_pid(pid_t pid, int* status, int flags) noexcept {
   for (;;) {
     pid_t r = ::waitpid(pid, status, flags);
