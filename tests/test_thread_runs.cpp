@@ -23,6 +23,13 @@
 
 namespace {
 
+// a + b without operator+(const char*, std::string&&), which g++ 12 -O3 warns about (-Wrestrict)
+std::string cat(const char* a, const std::string& b) {
+  std::string s(a);
+  s += b;
+  return s;
+}
+
 pfp::Options threads(unsigned workers = 2) {
   pfp::Options o;
   o.workers = workers;
@@ -36,7 +43,7 @@ TEST_CASE("threads backend: every function of a large run gets its own verdict, 
   const std::size_t n = 50000;
   pfp::MultiProcessor<> mp(pfp::Value{}, threads());
   for (std::size_t i = 0; i < n; ++i)
-    mp.register_function("f" + std::to_string(i % 10),
+    mp.register_function(cat("f", std::to_string(i % 10)),
                          [i](const pfp::Value&, const pfp::Args&) { return static_cast<long long>(i) * 3; });
   for (int run = 0; run < 2; ++run) {  // a second run on the same processor starts afresh
     const std::vector<pfp::Result>& rs = mp.execute_parallel();
@@ -44,7 +51,7 @@ TEST_CASE("threads backend: every function of a large run gets its own verdict, 
     std::size_t bad = 0;
     for (std::size_t i = 0; i < n; ++i) {
       const pfp::Result& r = rs[i];
-      const bool good = r.ok() && r.index == i && r.function_name == "f" + std::to_string(i % 10) &&
+      const bool good = r.ok() && r.index == i && r.function_name == cat("f", std::to_string(i % 10)) &&
                         r.result.as<long long>() == static_cast<long long>(i) * 3 && r.pid == ::getpid() &&
                         r.attempts == 1 && r.duration.count() >= 0 && r.error.empty();
       if (!good && ++bad <= 3) INFO("result " << i << ": " << pfp::to_string(r.status) << " " << r.error);
@@ -64,7 +71,7 @@ TEST_CASE("threads backend: exceptions inside runs, with and without retries") {
     pfp::MultiProcessor<> mp(pfp::Value{}, o);
     for (std::size_t i = 0; i < n; ++i)
       mp.register_function("f", [i, tries](const pfp::Value&, const pfp::Args&) -> long long {
-        if (i % 7 == 0 && (*tries)[i]++ == 0) throw std::runtime_error("first try of " + std::to_string(i));
+        if (i % 7 == 0 && (*tries)[i]++ == 0) throw std::runtime_error(cat("first try of ", std::to_string(i)));
         return static_cast<long long>(i);
       });
     const std::vector<pfp::Result>& rs = mp.execute_parallel();
@@ -73,7 +80,7 @@ TEST_CASE("threads backend: exceptions inside runs, with and without retries") {
       const pfp::Result& r = rs[i];
       if (i % 7 == 0 && !retry) {
         REQUIRE(r.status == pfp::Status::exception);
-        REQUIRE(r.error == "std::runtime_error: first try of " + std::to_string(i));
+        REQUIRE(r.error == cat("std::runtime_error: first try of ", std::to_string(i)));
         REQUIRE(r.result.is_null());
         REQUIRE(r.attempts == 1);
       } else {
