@@ -238,6 +238,7 @@ class Executor {
     }
     close();
     if (runner_.joinable()) runner_.join();
+    inline_worker_.end();  // Backend::inline_: its finalizer (the pool's workers ran theirs)
   }
 
   /// Stops everything now: queued tasks are cancelled, running ones killed (processes) with their
@@ -454,7 +455,7 @@ class Executor {
         ex.draining_inline_ = false;
       }
     } done{*this};
-    detail::run_feed(task_runner(), options_, feed, nullptr);
+    detail::run_feed(task_runner(), options_, feed, nullptr, &inline_worker_);
   }
 
   std::size_t outstanding_locked() const {
@@ -527,6 +528,7 @@ class Executor {
   detail::WakePipe wake_;  // rung by submit(), close() and shutdown(): the pool's feed has news
   detail::CancelState cancel_state_;
   std::thread runner_;
+  detail::KeptWorker inline_worker_{options_};  // Backend::inline_: one worker from the first submit() to shutdown
 };
 
 }  // namespace pfp

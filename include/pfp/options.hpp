@@ -1,6 +1,8 @@
 #ifndef PFP_OPTIONS_HPP
 #define PFP_OPTIONS_HPP
 
+#include <pfp/worker.hpp>
+
 #include <chrono>
 #include <cstddef>
 #include <string_view>
@@ -64,6 +66,20 @@ struct Options {
   ThreadPolicy threads = ThreadPolicy::warn;
   /// Where the functions run: worker processes (default), threads of this process, or inline.
   Backend backend = Backend::processes;
+  /// Runs once in each worker before its first function: a callable f(const pfp::WorkerInfo&)
+  /// that returns nothing, or the worker's state (then reached with pfp::worker_state<State>();
+  /// see pfp::WorkerInitializer). Open per-worker resources here (connections, files, seeded
+  /// generators), not before the fork. With Backend::threads it runs in each thread, concurrently.
+  /// A start fails when it throws, crashes the worker or runs past Options::timeout: the worker's
+  /// tasks go to another worker, and once 3 starts in a row of one worker number failed, the run
+  /// (or Executor) is broken: every function not yet begun gets Status::cancelled with an error
+  /// that says the initializer failed and what it threw.
+  WorkerInitializer initializer;
+  /// Runs once in each worker that started when it leaves normally (the run or the Executor ends,
+  /// or it is replaced after max_tasks_per_worker), before its state is destroyed; not after a
+  /// crash, a timeout or a cancel (the process is killed). A worker process has 10 s for it.
+  /// What it throws is printed to stderr.
+  WorkerFinalizer finalizer;
 };
 
 }  // namespace pfp

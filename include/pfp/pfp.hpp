@@ -18,6 +18,7 @@
 #include <pfp/serialization.hpp>
 #include <pfp/stats.hpp>
 #include <pfp/value.hpp>
+#include <pfp/worker.hpp>
 
 #define PFP_VERSION_MAJOR 0
 #define PFP_VERSION_MINOR 1

@@ -17,11 +17,14 @@
 //     running finish and are delivered with their own verdict (the process backend kills them);
 //   - functions share the process: what one changes in globals, the context or its args is seen
 //     by the others and by the caller. With threads they run concurrently and must be thread-safe.
-// Result::pid is this process's pid.
+// Result::pid is this process's pid. Each worker (a thread, or the calling thread inline) runs
+// Options::initializer before its first task and Options::finalizer when the run ends (see
+// worker_life.hpp); one whose initializer throws start_attempts times in a row breaks the run.
 
 #include <pfp/detail/attempt.hpp>
 #include <pfp/detail/posix.hpp>
 #include <pfp/detail/wake_pipe.hpp>
+#include <pfp/detail/worker_life.hpp>
 #include <pfp/error.hpp>
 #include <pfp/detail/feed.hpp>
 #include <pfp/options.hpp>
@@ -143,9 +146,9 @@ inline bool stop_wanted(Feed& feed, const CancelState* cancel) {
 
 /// Tells the feed that the tasks it has not given will not run, as the process backend does when
 /// a run is stopped. What drop_rest() throws is kept in `error` unless an earlier exception is.
-inline void drop_rest_noexcept(Feed& feed, std::exception_ptr& error) noexcept {
+inline void drop_rest_noexcept(Feed& feed, std::exception_ptr& error, const char* why = not_started_reason) noexcept {
   try {
-    feed.drop_rest(not_started_reason);
+    feed.drop_rest(why);
   } catch (...) {
     if (!error) error = std::current_exception();
   }
@@ -159,8 +162,26 @@ inline void drop_rest_noexcept(Feed& feed, std::exception_ptr& error) noexcept {
 /// Throws what feed.pull() throws (every task that ran was delivered by then), and what
 /// deliver() or stop_requested() throws (after stopping the run as if cancelled).
 /// Options::timeout, memory_limit, cpu_limit, max_tasks_per_worker are not enforced (see top of file).
-inline void run_feed_inline(const FeedRunner& run, const Options& opt, Feed& feed, CancelState* cancel) {
+/// The calling thread is worker 0: its initializer runs before the first task and its finalizer
+/// when the run returns, or, with `kept`, once for all the runs given the same KeptWorker.
+inline void run_feed_inline(const FeedRunner& run, const Options& opt, Feed& feed, CancelState* cancel,
+                            KeptWorker* kept = nullptr) {
+  std::optional<WorkerLife> own;
+  if (!kept) own.emplace(opt, WorkerInfo{});
+  CurrentScope scope(kept ? kept->current() : own->current());
+  const std::optional<std::string> broken = kept ? kept->enter() : own->begin_here();
+  struct End {
+    std::optional<WorkerLife>& life;
+    ~End() {
+      if (life) life->end();
+    }
+  } end{own};
   std::exception_ptr error;  // what deliver() or stop_requested() threw: the run stops
+  if (broken) {  // the worker could not start: nothing runs, and the feed hears why
+    drop_rest_noexcept(feed, error, broken->c_str());
+    if (error) std::rethrow_exception(error);
+    return;
+  }
   for (std::uint64_t seq = 0;;) {
     try {
       if (stop_wanted(feed, cancel)) break;
@@ -219,9 +240,28 @@ class ThreadRun {
   }
 
  private:
-  // One worker thread: pull, run (unlocked), deliver, until the feed has nothing more for it.
+  // One worker thread: start (Options::initializer), then pull, run (unlocked), deliver, until the
+  // feed has nothing more for it; then its finalizer. A thread that could not start breaks the
+  // run: nothing more is pulled, and the feed hears why (Feed::drop_rest).
   void work(unsigned slot) noexcept {
+    WorkerLife life(opt_, WorkerInfo{slot, workers_, 0});
+    CurrentScope scope(life.current());
+    struct End {
+      WorkerLife& life;
+      ~End() { life.end(); }  // not under the lock: the finalizer may take its time
+    } end{life};
+    std::optional<std::string> broken;
+    try {
+      broken = life.begin_here();
+    } catch (...) {  // out of memory for the reason's text
+      broken = "not run: the worker initializer could not be run";
+    }
     std::unique_lock<std::mutex> lock(mutex_);
+    if (broken && broken_.empty()) {
+      broken_ = std::move(*broken);
+      close(true, broken_.c_str());
+    }
+    if (broken) return;
     try {
       for (;;) {
         if (run_in_place(lock, slot)) continue;
@@ -235,11 +275,7 @@ class ThreadRun {
         lock.unlock();
         Result r = run_task_here(run_, opt_, view, pid_);
         lock.lock();
-        try {
-          feed_.deliver(view.seq, std::move(r));
-        } catch (...) {
-          consumer_failed();
-        }
+        deliver_locked(view.seq, std::move(r));
       }
     } catch (...) {  // out of memory outside a task: the run stops
       if (!lock.owns_lock()) lock.lock();
@@ -303,6 +339,14 @@ class ThreadRun {
     last_run_ = n;
   }
 
+  void deliver_locked(std::uint64_t seq, Result&& r) noexcept {
+    try {
+      feed_.deliver(seq, std::move(r));
+    } catch (...) {
+      consumer_failed();
+    }
+  }
+
   // The next task for this thread, or nullopt when the run takes no more (finished, stopped, or
   // failed). Called and returns with the lock held.
   std::optional<Task> next(std::unique_lock<std::mutex>& lock) {
@@ -359,10 +403,10 @@ class ThreadRun {
 
   // No more pulls; with `drop`, the feed hears that what it has not given will not run. Wakes
   // every waiting thread. Called with the lock held.
-  void close(bool drop) noexcept {
+  void close(bool drop, const char* why = not_started_reason) noexcept {
     if (closed_) return;
     closed_ = true;
-    if (drop) drop_rest_noexcept(feed_, consumer_error_);
+    if (drop) drop_rest_noexcept(feed_, consumer_error_, why);
     interrupt_.ring();
     cv_.notify_all();
   }
@@ -377,12 +421,13 @@ class ThreadRun {
   const int pid_ = static_cast<int>(::getpid());
   std::mutex mutex_;               // guards every member below and every call to feed_
   std::optional<std::size_t> hint_;  // feed_.size_hint(), read once
-  unsigned workers_ = 1;
+  unsigned workers_ = 1;           // threads of the run (WorkerInfo::workers)
   bool runs_ = true;               // the feed may give runs (pull_run)
   std::size_t last_run_ = 0;       // tasks in the last run taken (the next may be twice that)
   std::chrono::nanoseconds mean_task_{0};  // per task in recent runs, the threads' overhead included
   std::condition_variable cv_;
   std::uint64_t next_seq_ = 0;
+  std::string broken_;             // why the run is broken (a thread could not start), or empty
   bool closed_ = false;            // no thread pulls again
   bool polling_ = false;           // one thread is in wait_for_more()
   std::exception_ptr source_error_;    // pull(), finished() or wake_fd() threw

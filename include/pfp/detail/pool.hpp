@@ -25,6 +25,7 @@
 #include <pfp/detail/testing.hpp>
 #include <pfp/detail/wire.hpp>
 #include <pfp/detail/worker_end.hpp>
+#include <pfp/detail/worker_life.hpp>
 #include <pfp/detail/worker_process.hpp>
 #include <pfp/error.hpp>
 #include <pfp/options.hpp>
@@ -226,6 +227,8 @@ class Pool {
   bool runs_seen_ = false;        // the feed gives runs of tasks
   std::string last_spawn_error_;
   int last_spawn_errno_ = 0;  // of the last failed start, 0 if it was no system call's
+  SlotStarts starts_;    // each worker number's starts (Options::initializer)
+  std::string broken_;   // why the run is broken (no worker can start), or empty
   SignalPlan signal_plan_;               // what a new worker resets of this thread's signal state
   std::vector<int> close_in_child_;      // descriptors a new worker closes
   std::vector<SharedRegion> spare_regions_;  // regions of gone workers, for new ones
@@ -353,6 +356,15 @@ class Pool {
   // Every worker failed to start or died and none can be started again: the tasks that never
   // ran say why instead of hanging the run.
   void give_up();
+
+  // Workers whose initializer still runs (see pool_starts.hpp).
+  bool starting(const Worker& w) const;
+  void watch_starts();
+  bool start_failed(Worker& w);
+  void note_started(const Worker& w);
+  void start_lost(Worker& w, const std::string& why);
+  void fail_rest(const std::string& why);
+  std::chrono::milliseconds leave_grace() const;
 
   // ---- handing out work
 

@@ -50,6 +50,7 @@ inline void Pool::recycle(SharedRegion&& region) {
 
 // Called once the worker's process is gone (reaped), or its region moved out.
 inline void Pool::close_pipes(Worker& w) {
+  note_started(w);
   recycle(std::move(w.shared));
   if (w.buf.capacity() == read_chunk && spare_buf_.capacity() == 0) spare_buf_ = std::move(w.buf);  // for the next worker
   w.ring = RingReader();
@@ -66,10 +67,10 @@ inline void Pool::close_pipes(Worker& w) {
 inline void Pool::worker_ended(Worker& w) {
   if (w.pid <= 0) return;
   drain(w);
-  if (w.pid <= 0) return;
+  if (w.pid <= 0 || start_failed(w)) return;
   if (w.queue.empty()) {
     w.task_w.reset();
-    reap(w.pid, std::chrono::milliseconds(1000), w.pidfd.get());
+    reap(w.pid, leave_grace(), w.pidfd.get());
     close_pipes(w);
     return;
   }
@@ -101,9 +102,10 @@ inline void Pool::kill_worker(Worker& w, Status status, const std::string& why) 
 // other workers meanwhile, and starts the successor as soon as it is gone. Its region and result
 // pipe are kept until then (it may still ring its doorbell).
 inline void Pool::retire(Worker& w) {
+  note_started(w);
   w.task_w.reset();
   w.ring.publish();
-  leaving_.add(w.pid, std::move(w.pidfd), Retired{std::move(w.shared), std::move(w.result_r)}, std::chrono::milliseconds(1000));
+  leaving_.add(w.pid, std::move(w.pidfd), Retired{std::move(w.shared), std::move(w.result_r)}, leave_grace());
   close_pipes(w);
 }
 
@@ -119,7 +121,7 @@ inline Clock::time_point Pool::deadline(const Worker& w) const {
 inline void Pool::enforce_timeouts(Clock::time_point now) {
   if (options_.timeout.count() <= 0) return;
   for (auto& w : workers_) {
-    if (w->pid <= 0 || w->queue.empty() || now < deadline(*w)) continue;
+    if (w->pid <= 0 || w->queue.empty() || starting(*w) || now < deadline(*w)) continue;
     const std::uint64_t head = w->queue.front().id;
     drain(*w);  // it may have finished just now
     if (w->pid <= 0 || w->queue.empty() || w->queue.front().id != head) continue;
@@ -160,7 +162,7 @@ inline void Pool::remove_dead() {
 inline void Pool::shutdown() {
   for (auto& w : workers_) w->task_w.reset();  // every idle worker sees EOF and leaves
   for (auto& w : workers_) {
-    if (w->pid > 0) reap(w->pid, std::chrono::milliseconds(1000), w->pidfd.get());
+    if (w->pid > 0) reap(w->pid, leave_grace(), w->pidfd.get());
     close_pipes(*w);
   }
   workers_.clear();

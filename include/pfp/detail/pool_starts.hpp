@@ -4,7 +4,11 @@
 // The process pool, continued: how workers start. Up to Options::workers processes (a retired one
 // counts until it has exited), each forked with its pipes and a shared region (reused from a gone
 // worker where one is spare) and given work at once; when none can be started for a while, the
-// tasks that never ran say why. Part of pool.hpp, which includes it at its end.
+// tasks that never ran say why. Each worker runs Options::initializer before its first task (see
+// worker_life.hpp): a start that fails (the initializer threw, crashed or ran past
+// Options::timeout) costs no task, and start_attempts of them in a row for one worker number break
+// the run: every task not begun then gets the reason as its verdict, and no worker is started
+// again. Part of pool.hpp, which includes it at its end.
 
 #include <pfp/detail/pool.hpp>
 
@@ -12,8 +16,20 @@ namespace pfp {
 namespace detail {
 
 inline void Pool::spawn_missing() {
-  // A retired worker counts until it has exited: never more processes than Options::workers.
-  while (workers_.size() + leaving_.size() < target_workers_ && (!tasks_.pending.empty() || !feed_exhausted())) {
+  watch_starts();
+  if (!broken_.empty()) {
+    fail_rest(broken_);
+    return;
+  }
+  // A retired worker counts until it has exited: never more processes than Options::workers. None
+  // for a feed whose every task is already out (a start may cost an initializer).
+  const std::optional<std::size_t> hint = feed_.size_hint();
+  bool all_out = hint && tasks_.next_seq >= *hint;
+  if (all_out && tasks_.pending.empty() && !feed_exhausted()) {
+    if (std::optional<std::uint64_t> id = pull_one()) tasks_.hand_back(*id);  // the hint was short
+    all_out = false;  // the feed says for itself now
+  }
+  while (workers_.size() + leaving_.size() < target_workers_ && (!tasks_.pending.empty() || (!feed_exhausted() && !all_out))) {
     if (!spawn_one()) break;
     dispatch();  // the new worker gets its work now, not after its siblings have been forked
   }
@@ -63,8 +79,8 @@ inline bool Pool::spawn_one() {
     char* ring = w->shared.ring();
     const FeedRunner& run = run_;
     const Options& opt = options_;
-    const unsigned slot = w->slot;
-    w->pid = fork_worker([&] { worker_loop(task_fd, result_fd, block, ring, run, opt, slot); }, close_in_child,
+    const WorkerInfo info = starts_.forking(w->slot, target_workers_);
+    w->pid = fork_worker([&] { worker_loop(task_fd, result_fd, block, ring, run, opt, info); }, close_in_child,
                          &signal_plan_, &w->pidfd);
     w->ring = RingReader(block, ring);
     w->task_w = std::move(tasks.write);
@@ -84,6 +100,10 @@ inline bool Pool::spawn_one() {
 // A cancel ends the wait at once (turn() then cancels the run). After that the tasks that never
 // ran, and every task the feed would still give, say why instead of hanging.
 inline void Pool::give_up() {
+  if (!broken_.empty()) {
+    fail_rest(broken_);
+    return;
+  }
   const int e = last_spawn_errno_;
   const bool transient = e == EAGAIN || e == EMFILE || e == ENFILE || e == ENOMEM;
   const auto until = Clock::now() + (transient ? std::chrono::milliseconds(6000) : std::chrono::milliseconds(300));
@@ -96,7 +116,11 @@ inline void Pool::give_up() {
     spawn_missing();
   }
   if (!workers_.empty()) return;
-  const std::string why = "not run: could not start a worker process: " + last_spawn_error_;
+  fail_rest("not run: could not start a worker process: " + last_spawn_error_);
+}
+
+// Every task not begun -- pending, or still in the feed (Feed::drop_rest) -- gets `why`.
+inline void Pool::fail_rest(const std::string& why) {
   while (!tasks_.pending.empty()) {
     std::uint64_t id = tasks_.pending.front();
     tasks_.pending.pop_front();
@@ -113,6 +137,89 @@ inline void Pool::give_up() {
       consumer_failed();
     }
   }
+}
+
+inline bool Pool::starting(const Worker& w) const {
+  return options_.initializer && w.shared &&
+         w.shared.block()->start_state.load(std::memory_order_acquire) == worker_starting;
+}
+
+// Notes the workers whose initializer returned (their tasks' time begins now), and kills the ones
+// whose initializer has run past Options::timeout.
+inline void Pool::watch_starts() {
+  if (!options_.initializer) return;
+  const auto now = Clock::now();
+  for (auto& w : workers_) {
+    if (w->pid <= 0 || !w->shared || !starts_.waiting(w->slot)) continue;
+    const std::uint32_t state = w->shared.block()->start_state.load(std::memory_order_acquire);
+    if (state == worker_ready) {
+      starts_.started(w->slot);
+      if (!w->queue.empty() && !w->head_began()) w->head_since = now;
+    } else if (state == worker_starting && options_.timeout.count() > 0 && now - starts_.since(w->slot) > options_.timeout) {
+      kill_tree(w->pid);
+      int ignored = 0;
+      wait_pid(w->pid, &ignored, 0);
+      start_lost(*w, "the initializer ran past Options::timeout (" + std::to_string(options_.timeout.count()) +
+                         " ms) and its worker process was killed");
+    }
+  }
+}
+
+// A worker that started and is going away before watch_starts() saw it start.
+inline void Pool::note_started(const Worker& w) {
+  if (w.shared && starts_.waiting(w.slot) && w.shared.block()->start_state.load(std::memory_order_acquire) == worker_ready)
+    starts_.started(w.slot);
+}
+
+// A worker ended before its initializer returned (it threw, or the process died): true if so,
+// once the worker is reaped and its start counted as failed.
+inline bool Pool::start_failed(Worker& w) {
+  if (!options_.initializer || !w.shared) return false;
+  const SharedBlock* block = w.shared.block();
+  const std::uint32_t state = block->start_state.load(std::memory_order_acquire);
+  if (state == worker_ready) return false;
+  // As in worker_ended(): the exit status can come a moment after EOF; take its group down.
+  const auto deadline = Clock::now() + std::chrono::milliseconds(100);
+  while (!has_exited(w.pid) && Clock::now() < deadline) ::poll(nullptr, 0, 1);
+  kill_tree(w.pid);
+  int status = 0;
+  const bool reaped = wait_pid(w.pid, &status, 0) == w.pid;
+  std::string why;
+  if (state == worker_start_failed)
+    why.assign(block->start_error, ::strnlen(block->start_error, sizeof block->start_error));
+  else
+    why = "its worker process " + std::to_string(w.pid) +
+          (reaped ? (WIFSIGNALED(status) ? " was " : " exited with ") + describe_wait_status(status) : std::string(" ended")) +
+          " while running the initializer";
+  start_lost(w, why);
+  return true;
+}
+
+// w (reaped) never started: the tasks it holds go back (none began); the run is broken when that
+// makes start_attempts failed starts in a row for its number.
+inline void Pool::start_lost(Worker& w, const std::string& why) {
+  std::vector<std::uint64_t> never_began;
+  for (const Queued& q : w.queue) never_began.push_back(q.id);
+  w.queue.clear();
+  tasks_.hand_back(never_began);
+  const unsigned number = w.slot;
+  close_pipes(w);
+  if (!starts_.failed(number) || !broken_.empty()) return;
+  broken_ = broken_reason(number, why);
+  // The workers that did start finish what they began and leave; nothing else begins.
+  for (auto& other : workers_) {
+    if (other->pid <= 0) continue;
+    take_back_from(*other);
+    other->task_w.reset();
+  }
+  fail_rest(broken_);
+}
+
+// How long a worker told to leave has before it is killed: its finalizer and its state's
+// destructor may have work to do.
+inline std::chrono::milliseconds Pool::leave_grace() const {
+  return options_.finalizer || options_.initializer.state_type() ? std::chrono::milliseconds(10'000)
+                                                                 : std::chrono::milliseconds(1000);
 }
 
 }  // namespace detail

@@ -55,13 +55,15 @@ inline bool runs_in_caller(const Options& o) noexcept { return o.backend == Back
 /// (run_feed_processes, pool.hpp), threads of this process (run_feed_threads) or the calling
 /// thread (run_feed_inline). Every task pulled gets exactly one delivered Result; what each
 /// backend enforces and what it throws is said at each of them.
-/// Throws pfp::error for invalid Options (validate()).
-inline void run_feed(const FeedRunner& run, const Options& options, Feed& feed, CancelState* cancel) {
+/// Throws pfp::error for invalid Options (validate()). `inline_worker` keeps the inline backend's
+/// worker (Options::initializer's state) across runs; see run_feed_inline.
+inline void run_feed(const FeedRunner& run, const Options& options, Feed& feed, CancelState* cancel,
+                     KeptWorker* inline_worker = nullptr) {
   validate(options);
   switch (options.backend) {
     case Backend::processes: run_feed_processes(run, options, feed, cancel); return;
     case Backend::threads: run_feed_threads(run, options, feed, cancel); return;
-    case Backend::inline_: run_feed_inline(run, options, feed, cancel); return;
+    case Backend::inline_: run_feed_inline(run, options, feed, cancel, inline_worker); return;
     case Backend::mpi:
       if (!mpi_backend())
         throw error("pfp: Options::backend is Backend::mpi but no pfp::mpi::Session is alive; #include <pfp/mpi.hpp>, "

@@ -273,7 +273,12 @@ struct SharedBlock {
   // (set by the parent), and the futex word the parent answers a remote frame on.
   alignas(64) std::atomic<std::uint32_t> remote_allowed{0};
   std::atomic<std::uint32_t> remote_ack{0};
+  // The worker's start (Options::initializer): worker_starting until it returned (worker_ready), or
+  // worker_start_failed with what it threw in start_error (NUL-terminated).
+  alignas(64) std::atomic<std::uint32_t> start_state{0};
+  char start_error[1024] = {};
 };
+inline constexpr std::uint32_t worker_starting = 0, worker_ready = 1, worker_start_failed = 2;
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free, "pfp needs lock-free 64-bit atomics in shared memory");
 
 /// Worker side: decides whether the worker may begin the task with ordinal `ord` (tasks are

@@ -4,8 +4,10 @@
 // The child side of the process backend: what a forked worker does until it leaves. It reads task
 // messages from its inbox (the task pipe), claims each task before it begins it (the parent may
 // have taken it back), runs it, and sends its result frame through the shared ring or the result
-// pipe (wire.hpp). It leaves only through _exit: when the parent closes the pipe, when it has run
-// Options::max_tasks_per_worker tasks, or after a task that wrote on pfp's result pipe.
+// pipe (wire.hpp). It runs Options::initializer first and tells the parent how that went in its
+// shared block. It leaves only through _exit (after its finalizer and a coverage flush, see
+// exit_normally()): when the parent closes the pipe, when it has run Options::max_tasks_per_worker
+// tasks, after a task that wrote on pfp's result pipe, or when its initializer failed.
 
 #include <pfp/detail/attempt.hpp>
 #include <pfp/detail/channel.hpp>
@@ -16,6 +18,7 @@
 #include <pfp/detail/task_clock.hpp>
 #include <pfp/detail/testing.hpp>
 #include <pfp/detail/wire.hpp>
+#include <pfp/detail/worker_life.hpp>
 #include <pfp/options.hpp>
 #include <pfp/result.hpp>
 
@@ -130,8 +133,9 @@ inline std::uint64_t bytes_ever_written(int result_fd, SharedBlock* shared) noex
 class WorkerProcess {
  public:
   WorkerProcess(int task_fd, int result_fd, SharedBlock* shared, char* ring, const FeedRunner& run, const Options& opt,
-                unsigned slot)
-      : task_fd_(task_fd), result_fd_(result_fd), shared_(shared), ring_out_(shared, ring), run_(run), opt_(opt), slot_(slot) {}
+                WorkerInfo info)
+      : task_fd_(task_fd), result_fd_(result_fd), shared_(shared), ring_out_(shared, ring), run_(run), opt_(opt),
+        slot_(info.number), life_(opt, info) {}
 
   [[noreturn]] void serve() {
     // The parent made both pipes non-blocking; this worker's ends block.
@@ -142,6 +146,8 @@ class WorkerProcess {
 #endif
     worker_result_fd = result_fd_;
     apply_memory_limit(opt_);
+    current_worker = &life_.current();  // for the whole life of this process
+    start();
     pipe_bytes_ = bytes_ever_written(result_fd_, shared_);
     for (;;) {
       run_messages();
@@ -192,8 +198,7 @@ class WorkerProcess {
     ++done_;
     if (wrote_on_pipe || (opt_.max_tasks_per_worker && done_ >= opt_.max_tasks_per_worker)) {
       ring_bell();
-      flush_stdio();
-      leave(0);
+      exit_normally();
     }
     clock_.chain(quiet && opt_.cpu_limit.count() <= 0);  // what pfp's system calls in between take is nobody's run time
   }
@@ -266,16 +271,39 @@ class WorkerProcess {
     }
     ring_bell();  // about to wait for work: let the parent collect what is in the ring
     const ssize_t got = read_some(task_fd_, in_.get() + have_, in_size_ - have_);
-    if (got <= 0) {
-      flush_stdio();
-      ::_exit(0);
-    }
+    if (got <= 0) exit_normally();
     have_ += static_cast<std::size_t>(got);
   }
 
   void send(const char* data, std::size_t n) {
-    if (!write_all(result_fd_, data, n)) ::_exit(0);  // the parent is gone
+    if (!write_all(result_fd_, data, n)) exit_normally();  // the parent is gone
     pipe_bytes_ += n;
+  }
+
+  // Runs the initializer. If it throws, the parent reads why in the shared block, and the worker
+  // leaves without running anything (nor the finalizer: it never started).
+  void start() {
+    std::string why;
+    if (life_.begin(why)) {
+      shared_->start_state.store(worker_ready, std::memory_order_release);
+      return;
+    }
+    const std::size_t n = std::min(why.size(), sizeof shared_->start_error - 1);
+    std::memcpy(shared_->start_error, why.data(), n);
+    shared_->start_error[n] = '\0';
+    shared_->start_state.store(worker_start_failed, std::memory_order_release);
+    flush_coverage();
+    flush_stdio();
+    leave(0);
+  }
+
+  // Every way a worker leaves on its own: finalizer (with the worker's state), coverage data,
+  // buffered output, then _exit.
+  [[noreturn]] void exit_normally() noexcept {
+    life_.end();
+    flush_coverage();
+    flush_stdio();
+    leave(0);
   }
 
   void ring_bell() {
@@ -298,6 +326,7 @@ class WorkerProcess {
   const FeedRunner& run_;
   const Options& opt_;
   const unsigned slot_;
+  WorkerLife life_;
   std::size_t in_size_ = std::size_t{1} << 16;
   std::unique_ptr<char[]> in_{new char[in_size_]};  // grown without zero-filling: only bytes read are touched
   std::size_t have_ = 0;        // bytes in in_
@@ -315,8 +344,8 @@ class WorkerProcess {
 };
 
 [[noreturn]] inline void worker_loop(int task_fd, int result_fd, SharedBlock* shared, char* ring, const FeedRunner& run,
-                                     const Options& opt, unsigned slot) {
-  WorkerProcess(task_fd, result_fd, shared, ring, run, opt, slot).serve();
+                                     const Options& opt, WorkerInfo info) {
+  WorkerProcess(task_fd, result_fd, shared, ring, run, opt, info).serve();
 }
 
 }  // namespace detail
