@@ -561,7 +561,7 @@ TEST_CASE("finalizer that throws: reported, and the run's Results stand") {
   }
 }
 
-TEST_CASE("fork copies: a generator seeded before the fork draws the same in every worker; one seeded from the worker number does not") {
+TEST_CASE("fork copies: a generator seeded before the fork draws the same in every worker, one seeded from the worker number does not") {
   for (Backend b : {Backend::processes, Backend::threads}) {
     INFO(name_of(b));
     Log log;
