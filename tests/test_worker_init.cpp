@@ -65,6 +65,7 @@ const char* name_of(Backend b) {
     case Backend::processes: return "processes";
     case Backend::threads: return "threads";
     case Backend::inline_: return "inline";
+    case Backend::mpi: return "mpi";
   }
   return "?";
 }

@@ -156,9 +156,9 @@ inline void Pool::watch_starts() {
       starts_.started(w->slot);
       if (!w->queue.empty() && !w->head_began()) w->head_since = now;
     } else if (state == worker_starting && options_.timeout.count() > 0 && now - starts_.since(w->slot) > options_.timeout) {
-      kill_tree(w->pid);
+      kill_tree(w->pid, w->pidfd.get());
       int ignored = 0;
-      wait_pid(w->pid, &ignored, 0);
+      reap_child(w->pid, w->pidfd.get(), &ignored);
       start_lost(*w, "the initializer ran past Options::timeout (" + std::to_string(options_.timeout.count()) +
                          " ms) and its worker process was killed");
     }
@@ -180,10 +180,10 @@ inline bool Pool::start_failed(Worker& w) {
   if (state == worker_ready) return false;
   // As in worker_ended(): the exit status can come a moment after EOF; take its group down.
   const auto deadline = Clock::now() + std::chrono::milliseconds(100);
-  while (!has_exited(w.pid) && Clock::now() < deadline) ::poll(nullptr, 0, 1);
-  kill_tree(w.pid);
+  while (!has_exited(w.pid, w.pidfd.get()) && Clock::now() < deadline) ::poll(nullptr, 0, 1);
+  kill_tree(w.pid, w.pidfd.get());
   int status = 0;
-  const bool reaped = wait_pid(w.pid, &status, 0) == w.pid;
+  const bool reaped = reap_child(w.pid, w.pidfd.get(), &status) == w.pid;
   std::string why;
   if (state == worker_start_failed)
     why.assign(block->start_error, ::strnlen(block->start_error, sizeof block->start_error));
