@@ -534,7 +534,7 @@ TEST_CASE("initializer failures in a row are counted per worker number: a succes
   CHECK(log.lines_of("fini").size() == 2);
 }
 
-TEST_CASE("a broken Executor answers every later submission with the initializer's failure") {
+TEST_CASE("a broken Executor gives its submissions the initializer's failure and refuses later ones with it") {
   for (Backend b : all_backends) {
     INFO(name_of(b));
     pfp::Options o = plain(b, 2);
