@@ -1361,296 +1361,17 @@ auto generate(F f) {
 #ifndef PFP_OPTIONS_HPP
 #define PFP_OPTIONS_HPP
 
-#include <chrono>
-#include <cstddef>
+// ---- begin <pfp/worker.hpp> ----
+#ifndef PFP_WORKER_HPP
+#define PFP_WORKER_HPP
 
-namespace pfp {
-
-/// What execute_parallel() does when the calling process already runs other threads. fork()
-/// copies only the calling thread: a lock another thread holds at that moment (in malloc, a
-/// logger, ...) stays locked forever in the worker.
-enum class ThreadPolicy {
-  warn,    ///< print one warning to stderr per process, then go on
-  refuse,  ///< throw pfp::error
-  allow,   ///< go on silently (you know the other threads hold no locks the functions need)
-};
-
-/// Where the functions of a run execute. Switching is one option; the Results are the same
-/// except where isolation is the difference (see README, "Backends").
-enum class Backend {
-  processes,  ///< forked worker processes (default): crashes, hangs and memory are isolated
-  threads,    ///< a thread pool in this process: lower overhead, no isolation (a crash ends the program)
-  inline_,    ///< one after another in the calling thread: for debuggers, sanitizers and profilers
-  mpi,        ///< worker processes on every MPI rank (needs <pfp/mpi.hpp> and a live pfp::mpi::Session)
-};
-
-/// How a run is carried out. Every field has a usable default.
-struct Options {
-  /// Worker processes that may exist at once; 0 = std::thread::hardware_concurrency().
-  unsigned workers = 0;
-  /// Per-function wall-clock limit; 0 = no limit. A function past it is killed with its whole
-  /// process group and reported as Status::timed_out.
-  std::chrono::milliseconds timeout{0};
-  /// Functions one worker process runs before it is replaced; 0 = unlimited,
-  /// 1 = a fresh process per function.
-  unsigned max_tasks_per_worker = 0;
-  /// Largest serialized result accepted, in bytes. A larger one is refused on that function
-  /// (Status::exception) and never allocated by the parent.
-  std::size_t max_result_bytes = std::size_t{4} << 30;
-  /// Extra attempts for a function that crashed or timed out (and, with retry_exceptions, threw).
-  /// Result::attempts tells how many were made.
-  unsigned retries = 0;
-  /// Also retry functions that threw.
-  bool retry_exceptions = false;
-  /// Address-space limit of each worker in bytes (RLIMIT_AS); 0 = none. An allocation past it
-  /// fails in the function: std::bad_alloc, reported as Status::exception.
-  std::size_t memory_limit = 0;
-  /// CPU time one function may use (RLIMIT_CPU, whole seconds, so up to one second more); 0 = none. A function past it
-  /// gets SIGXCPU and is reported as Status::crashed with a message that names the limit.
-  std::chrono::seconds cpu_limit{0};
-  /// What to do when the calling process already runs other threads.
-  ThreadPolicy threads = ThreadPolicy::warn;
-  /// Where the functions run: worker processes (default), threads of this process, or inline.
-  Backend backend = Backend::processes;
-};
-
-}  // namespace pfp
-
-#endif  // PFP_OPTIONS_HPP
-// ---- end <pfp/options.hpp> ----
-// ---- begin <pfp/result.hpp> ----
-#ifndef PFP_RESULT_HPP
-#define PFP_RESULT_HPP
-
-
-#include <chrono>
-#include <cstddef>
-#include <cstdint>
-#include <string>
-#include <string_view>
-
-namespace pfp {
-
-/// How a function's run ended.
-enum class Status : std::uint8_t {
-  ok,         ///< returned normally; Result::result holds what it produced
-  exception,  ///< threw; Result::error names the exception type and its what()
-  crashed,    ///< its worker died (signal or exit); Result::error names the signal or exit code
-  timed_out,  ///< ran past Options::timeout and was killed with its process group
-  cancelled,  ///< never ran to completion because the run was stopped or could not start it
-};
-
-/// "ok", "exception", "crashed", "timed_out" or "cancelled".
-constexpr std::string_view to_string(Status s) noexcept {
-  switch (s) {
-    case Status::ok: return "ok";
-    case Status::exception: return "exception";
-    case Status::crashed: return "crashed";
-    case Status::timed_out: return "timed_out";
-    case Status::cancelled: return "cancelled";
-  }
-  return "unknown";
-}
-
-/// What one registered function produced. execute_parallel() returns exactly one per function.
-struct Result {
-  std::string function_name;            ///< the name given to register_function
-  std::size_t index = 0;                ///< registration order, from 0
-  Status status = Status::cancelled;
-  Value result;                         ///< what the function produced (null if nothing)
-  std::string error;                    ///< empty when ok; otherwise names the cause
-  int pid = 0;                          ///< the worker process that ran it (0 if it never ran)
-  /// How long the function itself ran, measured in the worker (for functions of a few nanoseconds
-  /// run back to back, the few dozen nanoseconds pfp spends between two of them included).
-  std::chrono::nanoseconds duration{};
-  unsigned attempts = 0;                ///< times the function was started (more than 1 after retries)
-  int rank = 0;                         ///< the MPI rank whose worker ran it (Backend::mpi; else 0)
-
-  bool ok() const noexcept { return status == Status::ok; }
-};
-
-}  // namespace pfp
-
-#endif  // PFP_RESULT_HPP
-// ---- end <pfp/result.hpp> ----
-
-#include <cstdint>
-#include <algorithm>
-#include <functional>
-#include <thread>
-#include <optional>
-#include <string>
-#include <string_view>
-#include <utility>
-
-namespace pfp {
-
-namespace detail {
-
-/// One unit of work: which function (the front end's own numbering) and its serialized input.
-/// Front ends whose inputs are inherited by fork leave payload empty.
-struct Task {
-  std::uint64_t fn = 0;
-  std::string payload;
-  int priority = 0;  ///< higher begins first among tasks that have not begun (see Feed::next_priority)
-};
-
-/// What a worker is given to run one task.
-struct TaskView {
-  std::uint64_t seq = 0;         ///< the task's number in the run, from 0, in the order it was pulled
-  std::uint64_t fn = 0;
-  std::string_view payload;
-  unsigned worker = 0;           ///< which worker slot runs it, 0 .. workers-1 (stable per slot)
-};
-
-/// Runs one task inside a worker (process, thread or the caller), filling r.result. Throwing is
-/// how a task fails: the backend turns the exception into Status::exception.
-using FeedRunner = std::function<void(const TaskView& task, Result& r)>;
-
-/// A run's source of tasks and sink of results. Backends call it one call at a time, never
-/// concurrently (the threads backend from several threads, under one mutex).
-class Feed {
- public:
-  virtual ~Feed() = default;
-
-  /// The next task, or nullopt if none is ready now. May throw: the backend stops pulling, lets
-  /// the tasks it holds finish (delivering them), and rethrows from its run function.
-  virtual std::optional<Task> pull() = 0;
-
-  /// Optional fast path for many small tasks: up to `max` tasks at once, whose fns are
-  /// first_fn, first_fn + 1, ... and whose payloads are empty, with their Results kept by the feed
-  /// in places[0 .. n) (function_name and index already set, status cancelled, attempts 0). The
-  /// backend writes each verdict there in place of calling deliver(), and may send the n tasks to a
-  /// worker as one message. Returns n; 0 means none this way: call pull(). The default never
-  /// gives any.
-  virtual std::size_t pull_run(std::size_t /*max*/, std::uint64_t& /*first_fn*/, Result*& /*places*/) { return 0; }
-
-  /// After pull() returned nullopt: true if no task will ever come again (the run ends once the
-  /// tasks in flight are delivered); false if more may come later (see wake_fd).
-  virtual bool finished() = 0;
-
-  /// A descriptor that becomes readable when pull() may have something new, or -1 if the feed
-  /// never waits (finished() is true whenever pull() returns nullopt). pull() drains it.
-  virtual int wake_fd() const { return -1; }
-
-  /// The process backend has forked the workers it starts with (called once per run; not when it
-  /// could start none: the run then fails). A feed fed from other threads can hold them back until
-  /// then: a fork while another thread holds a lock leaves that lock held in the worker.
-  virtual void workers_started() {}
-
-  /// The priority of the task pull() would give next, if the feed orders its tasks by priority
-  /// (nullopt: it gives none now, or all its tasks are equal). A backend that holds tasks of lower
-  /// priority that have not begun takes them back, so the higher one begins first.
-  virtual std::optional<int> next_priority() { return std::nullopt; }
-
-  /// What every process of a distributed run (Backend::mpi) must have alike for the same fn to
-  /// mean the same function there: a hash of the functions' names and count, or of the items'
-  /// count; 0 = nothing to compare. Compared between ranks before any task is sent.
-  virtual std::uint64_t signature() const { return 0; }
-
-  /// Tasks the feed knows it will give, if known (used to start no more workers than needed).
-  virtual std::optional<std::size_t> size_hint() const { return std::nullopt; }
-
-  /// The final verdict of task `seq` (after retries), in completion order. r.index == seq,
-  /// r.function_name is empty (the feed names its tasks), r.pid is the process that ran it.
-  /// May throw: the backend then stops the run as if cancelled and rethrows.
-  virtual void deliver(std::uint64_t seq, Result&& r) = 0;
-
-  /// A verdict already delivered turned out wrong: the task corrupted pfp's result stream after
-  /// its result was sent, so it is reported as Status::crashed. A feed that can still change what
-  /// it reported takes the new Result; a stream keeps the first (the default).
-  virtual void amend(std::uint64_t /*seq*/, Result&& /*r*/) {}
-
-  /// The run stopped early (cancelled, or no worker could be started): tasks never pulled will
-  /// not run. A feed with a known list of tasks reports them (Status::cancelled, error `why`);
-  /// a stream just stops.
-  virtual void drop_rest(const std::string& /*why*/) {}
-
-  /// Polled by the backend between tasks: true asks it to stop as if cancelled (fail-fast).
-  virtual bool stop_requested() { return false; }
-
-  /// A descriptor the process backend watches for the whole run (-1: none), for what tasks send
-  /// the parent while they run besides their results (the Manager's log lines); side_ready() is
-  /// called when it is readable. May throw: the backend then stops the run as if cancelled and
-  /// rethrows.
-  virtual int side_fd() const { return -1; }
-  virtual void side_ready() {}
-};
-
-/// A user's callback that a feed hands results to (on_result, a Manager's logger). What it throws
-/// stops the run and is rethrown by the backend; from then on it is never called again, whatever
-/// the stop still delivers (tasks killed or never started, tasks of other threads finishing).
-template <class F>
-class UserCallback {
- public:
-  explicit UserCallback(F& f) noexcept : f_(&f) {}
-  /// Calls the callback unless it threw before; false if it was not called.
-  template <class... Args>
-  bool operator()(Args&&... args) {
-    if (threw_) return false;
-    try {
-      (*f_)(std::forward<Args>(args)...);
-    } catch (...) {
-      threw_ = true;
-      throw;
-    }
-    return true;
-  }
-  bool threw() const noexcept { return threw_; }
-
- private:
-  F* f_;
-  bool threw_ = false;
-};
-
-
-/// FNV-1a over `bytes`, continuing from h (for Feed::signature()).
-inline std::uint64_t hash_bytes(std::uint64_t h, std::string_view bytes) noexcept {
-  for (unsigned char c : bytes) h = (h ^ c) * 0x100000001b3ull;
-  return h;
-}
-inline constexpr std::uint64_t hash_seed = 0xcbf29ce484222325ull;
-
-/// Workers for a run of `tasks` tasks (unknown: as many as the options allow).
-inline unsigned effective_workers(const Options& o, std::optional<std::size_t> tasks = std::nullopt) {
-  unsigned n = o.workers ? o.workers : std::thread::hardware_concurrency();
-  if (n == 0) n = 1;
-  return tasks ? static_cast<unsigned>(std::min<std::size_t>(n, std::max<std::size_t>(*tasks, 1))) : n;
-}
-
-}  // namespace detail
-}  // namespace pfp
-
-#endif  // PFP_DETAIL_FEED_HPP
-// ---- end <pfp/detail/feed.hpp> ----
-// ---- begin <pfp/detail/local_backends.hpp> ----
-#ifndef PFP_DETAIL_LOCAL_BACKENDS_HPP
-#define PFP_DETAIL_LOCAL_BACKENDS_HPP
-
-// The backends that run a Feed (feed.hpp) inside this process: a pool of threads, or the calling
-// thread alone.
+// Per-worker set-up and tear-down (Options::initializer, Options::finalizer), the worker's own
+// typed state (pfp::worker_state<State>()) and who the worker is (pfp::this_worker()).
 //
-// In-process backends give the same Results as the process backend for everything a function
-// does by returning or throwing: the same status, result, error text ("<demangled type>: what()"),
-// attempts and retries of exceptions (Options::retries with Options::retry_exceptions), the same
-// Options::max_result_bytes verdict. What they cannot give is isolation:
-//   - a crash (a signal, abort(), exit()) in a function ends the whole program, the caller included;
-//   - Options::timeout is not enforced: a thread cannot be killed, so a function runs to its end
-//     and keeps the verdict it reaches (a hang hangs the run);
-//   - Options::memory_limit, Options::cpu_limit, Options::max_tasks_per_worker and
-//     Options::threads do not apply (they are properties of worker processes);
-//   - cancel (CancelState) and Feed::stop_requested() stop the pulling of new tasks; tasks already
-//     running finish and are delivered with their own verdict (the process backend kills them);
-//   - functions share the process: what one changes in globals, the context or its args is seen
-//     by the others and by the caller. With threads they run concurrently and must be thread-safe.
-// Result::pid is this process's pid.
-
-// ---- begin <pfp/detail/attempt.hpp> ----
-#ifndef PFP_DETAIL_ATTEMPT_HPP
-#define PFP_DETAIL_ATTEMPT_HPP
-
-// How one attempt of a task becomes its verdict, and whether a verdict is tried again: the same
-// rules on every backend (worker processes, threads, the calling thread).
+// A worker is one slot of a run's pool: a worker process (Backend::processes), a thread
+// (Backend::threads) or the calling thread (Backend::inline_). Its initializer runs in it once
+// before its first function; its finalizer once when it leaves normally (the run or the Executor
+// ends, or it is replaced after Options::max_tasks_per_worker), then its state is destroyed.
 
 // ---- begin <pfp/detail/posix.hpp> ----
 #ifndef PFP_DETAIL_POSIX_HPP
@@ -1673,7 +1394,10 @@ inline unsigned effective_workers(const Options& o, std::optional<std::size_t> t
 
 #include <cxxabi.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/resource.h>
+#include <time.h>
 #include <sys/mman.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -1838,6 +1562,30 @@ inline ssize_t read_some(int fd, void* data, std::size_t n) noexcept {
 }
 
 /// waitpid() retried on EINTR.
+/// poll(), also when the descriptors watched outnumber RLIMIT_NOFILE (then poll() itself refuses
+/// with EINVAL, e.g. after the program lowered the limit mid-run): the set is then looked at in
+/// slices the limit allows, every millisecond until one is ready or timeout_ms passed. Returns
+/// poll()'s count, or -1 with errno for any other failure (EINTR included).
+inline int poll_fds(pollfd* fds, std::size_t n, int timeout_ms) noexcept {
+  int rc = ::poll(fds, static_cast<nfds_t>(n), timeout_ms);
+  if (rc >= 0 || errno != EINVAL || n == 0) return rc;
+  rlimit lim{};
+  if (::getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur >= n || lim.rlim_cur == 0) return rc;
+  const std::size_t slice = static_cast<std::size_t>(lim.rlim_cur);
+  for (int waited = 0;; ++waited) {
+    int ready = 0;
+    for (std::size_t at = 0; at < n; at += slice) {
+      const std::size_t len = n - at < slice ? n - at : slice;
+      const int r = ::poll(fds + at, static_cast<nfds_t>(len), 0);
+      if (r < 0) return r;
+      ready += r;
+    }
+    if (ready > 0 || (timeout_ms >= 0 && waited >= timeout_ms)) return ready;
+    timespec pause{0, 1'000'000L};
+    ::nanosleep(&pause, nullptr);
+  }
+}
+
 inline pid_t wait_pid(pid_t pid, int* status, int flags) noexcept {
   for (;;) {
     pid_t r = ::waitpid(pid, status, flags);
@@ -1920,6 +1668,505 @@ inline std::string describe_current_exception() {
 
 #endif  // PFP_DETAIL_POSIX_HPP
 // ---- end <pfp/detail/posix.hpp> ----
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <type_traits>
+#include <typeinfo>
+#include <utility>
+
+namespace pfp {
+
+/// Who a worker is: given to Options::initializer and Options::finalizer, and to every function
+/// through pfp::this_worker().
+struct WorkerInfo {
+  /// The worker's slot, 0 .. workers-1. Stable: a worker that replaces one (after
+  /// Options::max_tasks_per_worker, a crash or a timeout) takes the number of the one it replaces.
+  unsigned number = 0;
+  /// How many slots the run has (Options::workers, or fewer when there are fewer tasks; 1 inline).
+  unsigned workers = 1;
+  /// How many workers held this number before in this run (0 for the first): with number, it
+  /// tells replacements apart, e.g. std::seed_seq{base, number, generation} for a random engine.
+  unsigned generation = 0;
+};
+
+namespace detail {
+
+// A distinct address per type, with or without RTTI-based comparison across libraries.
+template <class T>
+struct state_tag {
+  static constexpr char id = 0;
+};
+
+template <class T>
+std::string state_type_name() {
+  return demangle(typeid(T).name());
+}
+
+// What the initializer's return value keeps: the State itself, or what a smart pointer owns.
+template <class R>
+struct state_of {
+  using type = R;
+};
+template <class T, class D>
+struct state_of<std::unique_ptr<T, D>> {
+  using type = T;
+};
+template <class T>
+struct state_of<std::shared_ptr<T>> {
+  using type = T;
+};
+
+/// The worker the calling thread is, while pfp runs one in it (null otherwise).
+struct CurrentWorker {
+  WorkerInfo info;
+  std::shared_ptr<void> state;     // what the initializer returned (null: nothing, or not yet)
+  const void* state_type = nullptr;
+  std::string (*state_name)() = nullptr;
+  bool has_initializer = false;
+  bool initialized = false;
+};
+inline thread_local CurrentWorker* current_worker = nullptr;
+
+}  // namespace detail
+
+/// Options::initializer: a callable run once in each worker before its first function, as
+///   void  f(const pfp::WorkerInfo&)        -- set-up only (seed a generator, set up a logger), or
+///   State f(const pfp::WorkerInfo&)        -- the worker's state (a database connection, ...),
+/// where State may also come as std::unique_ptr<State> or std::shared_ptr<State> (for a State that
+/// cannot be moved). The state lives until the worker leaves, after the finalizer, and functions
+/// reach it with pfp::worker_state<State>(). What the initializer throws (or a crash in it) fails
+/// that worker's start; see Options::initializer.
+class WorkerInitializer {
+ public:
+  WorkerInitializer() = default;
+  WorkerInitializer(std::nullptr_t) noexcept {}  // NOLINT: none, as with std::function
+
+  template <class F, std::enable_if_t<!std::is_same_v<std::decay_t<F>, WorkerInitializer> &&
+                                          !std::is_same_v<std::decay_t<F>, std::nullptr_t>,
+                                      int> = 0>
+  WorkerInitializer(F f) {  // NOLINT: implicit, so that `options.initializer = [](...) {...};` reads naturally
+    using Fn = std::decay_t<F>;
+    static_assert(std::is_invocable_v<const Fn&, const WorkerInfo&>,
+                  "pfp::Options::initializer takes a callable f(const pfp::WorkerInfo&) that returns nothing or the "
+                  "worker's state");
+    if constexpr (std::is_invocable_v<const Fn&, const WorkerInfo&>) {
+      if constexpr (std::is_pointer_v<Fn> || std::is_member_pointer_v<Fn>) {
+        if (!f) return;
+      }
+      using R = std::invoke_result_t<const Fn&, const WorkerInfo&>;
+      if constexpr (std::is_void_v<R>) {
+        make_ = [f = std::move(f)](const WorkerInfo& w) -> std::shared_ptr<void> {
+          std::invoke(f, w);
+          return nullptr;
+        };
+      } else {
+        using Returned = std::decay_t<R>;
+        using State = typename detail::state_of<Returned>::type;
+        state_type_ = &detail::state_tag<State>::id;
+        state_name_ = &detail::state_type_name<State>;
+        make_ = [f = std::move(f)](const WorkerInfo& w) -> std::shared_ptr<void> {
+          if constexpr (std::is_same_v<State, Returned>) {
+            return std::make_shared<State>(std::invoke(f, w));
+          } else {
+            std::shared_ptr<State> p(std::invoke(f, w));
+            if (!p)
+              throw error("pfp::Options::initializer returned a null pointer to " + detail::state_type_name<State>() +
+                          "; return the state, or throw to fail the worker's start");
+            return p;
+          }
+        };
+      }
+    }
+  }
+
+  /// Whether there is an initializer.
+  explicit operator bool() const noexcept { return static_cast<bool>(make_); }
+
+  /// Runs it for the worker `w`: its state (null if it returns nothing). Throws what it throws.
+  std::shared_ptr<void> operator()(const WorkerInfo& w) const { return make_(w); }
+  const void* state_type() const noexcept { return state_type_; }
+  std::string (*state_name() const noexcept)() { return state_name_; }
+
+ private:
+  std::function<std::shared_ptr<void>(const WorkerInfo&)> make_;
+  const void* state_type_ = nullptr;
+  std::string (*state_name_)() = nullptr;
+};
+
+/// Options::finalizer: run once in each worker when it leaves normally, before its state (see
+/// WorkerInitializer) is destroyed, so it may still use pfp::worker_state<State>().
+using WorkerFinalizer = std::function<void(const WorkerInfo&)>;
+
+namespace detail {
+[[noreturn]] PFP_DETAIL_COLD inline void worker_state_refused(const CurrentWorker* w, const std::string& asked_type) {
+  const std::string asked = "pfp::worker_state<" + asked_type + ">: ";
+  if (!w)
+    throw error(asked + "called outside a pfp worker; call it from a function or finalizer that pfp runs, in the "
+                        "thread that pfp runs it in");
+  if (!w->state_type)
+    throw error(asked + (w->has_initializer ? "this worker's Options::initializer returns nothing; return the state from it"
+                                            : "no Options::initializer is set; set one that returns the worker's state"));
+  if (!w->initialized || !w->state)
+    throw error(asked + "the worker's state is not made yet: Options::initializer has not returned");
+  throw error(asked + "the worker's state is a " + w->state_name() + "; ask for worker_state<" + w->state_name() + ">()");
+}
+}  // namespace detail
+
+/// The worker that runs the calling function (or initializer, or finalizer): its number, 0 ..
+/// workers-1, for per-worker files or seeds. Throws pfp::error when called outside a worker (in
+/// the parent, or in a thread the function started).
+inline const WorkerInfo& this_worker() {
+  const detail::CurrentWorker* w = detail::current_worker;
+  if (!w)
+    throw error("pfp::this_worker: called outside a pfp worker; call it from a function, initializer or finalizer "
+                "that pfp runs, in the thread that pfp runs it in");
+  return w->info;
+}
+
+/// The state this worker's Options::initializer returned, as a State&: valid in the worker's
+/// functions and its finalizer, until the worker leaves. State is the type the initializer
+/// returned (or that its smart pointer owns), optionally const.
+/// Throws pfp::error, saying what to fix, outside a worker, when no initializer returned a state,
+/// before it has returned (in the initializer itself), or when State is not the state's type.
+template <class State>
+State& worker_state() {
+  using Plain = std::remove_cv_t<std::remove_reference_t<State>>;
+  const detail::CurrentWorker* w = detail::current_worker;
+  if (!w || !w->initialized || !w->state || w->state_type != &detail::state_tag<Plain>::id)
+    detail::worker_state_refused(w, detail::state_type_name<Plain>());
+  return *static_cast<Plain*>(w->state.get());
+}
+
+}  // namespace pfp
+
+#endif  // PFP_WORKER_HPP
+// ---- end <pfp/worker.hpp> ----
+
+#include <chrono>
+#include <cstddef>
+#include <string_view>
+
+namespace pfp {
+
+/// What execute_parallel() does when the calling process already runs other threads. fork()
+/// copies only the calling thread: a lock another thread holds at that moment (in malloc, a
+/// logger, ...) stays locked forever in the worker.
+enum class ThreadPolicy {
+  warn,    ///< print one warning to stderr per process, then go on
+  refuse,  ///< throw pfp::error
+  allow,   ///< go on silently (you know the other threads hold no locks the functions need)
+};
+
+/// Where the functions of a run execute. Switching is one option; the Results are the same
+/// except where isolation is the difference (see README, "Backends").
+enum class Backend {
+  processes,  ///< forked worker processes (default): crashes, hangs and memory are isolated
+  threads,    ///< a thread pool in this process: lower overhead, no isolation (a crash ends the program)
+  inline_,    ///< one after another in the calling thread: for debuggers, sanitizers and profilers
+  mpi,        ///< worker processes on every MPI rank (needs <pfp/mpi.hpp> and a live pfp::mpi::Session)
+};
+
+/// The backend's name as written in the enum ("processes", "threads", "inline", "mpi").
+constexpr std::string_view to_string(Backend b) noexcept {
+  switch (b) {
+    case Backend::processes: return "processes";
+    case Backend::threads: return "threads";
+    case Backend::inline_: return "inline";
+    case Backend::mpi: return "mpi";
+  }
+  return "?";
+}
+
+/// How a run is carried out. Every field has a usable default.
+struct Options {
+  /// Worker processes that may exist at once; 0 = std::thread::hardware_concurrency().
+  unsigned workers = 0;
+  /// Per-function wall-clock limit; 0 = no limit. A function past it is killed with its whole
+  /// process group and reported as Status::timed_out.
+  std::chrono::milliseconds timeout{0};
+  /// Functions one worker process runs before it is replaced; 0 = unlimited,
+  /// 1 = a fresh process per function.
+  unsigned max_tasks_per_worker = 0;
+  /// Largest serialized result accepted, in bytes. A larger one is refused on that function
+  /// (Status::exception) and never allocated by the parent.
+  std::size_t max_result_bytes = std::size_t{4} << 30;
+  /// Extra attempts for a function that crashed or timed out (and, with retry_exceptions, threw).
+  /// Result::attempts tells how many were made.
+  unsigned retries = 0;
+  /// Also retry functions that threw.
+  bool retry_exceptions = false;
+  /// Address-space limit of each worker in bytes (RLIMIT_AS); 0 = none. An allocation past it
+  /// fails in the function: std::bad_alloc, reported as Status::exception.
+  std::size_t memory_limit = 0;
+  /// CPU time one function may use (RLIMIT_CPU, whole seconds, so up to one second more); 0 = none. A function past it
+  /// gets SIGXCPU and is reported as Status::crashed with a message that names the limit.
+  std::chrono::seconds cpu_limit{0};
+  /// What to do when the calling process already runs other threads.
+  ThreadPolicy threads = ThreadPolicy::warn;
+  /// Where the functions run: worker processes (default), threads of this process, or inline.
+  Backend backend = Backend::processes;
+  /// Runs once in each worker before its first function: a callable f(const pfp::WorkerInfo&)
+  /// that returns nothing, or the worker's state (then reached with pfp::worker_state<State>();
+  /// see pfp::WorkerInitializer). Open per-worker resources here (connections, files, seeded
+  /// generators), not before the fork. With Backend::threads it runs in each thread, concurrently.
+  /// A start fails when it throws, crashes the worker or runs past Options::timeout: the worker's
+  /// tasks go to another worker, and once 3 starts in a row of one worker number failed, the run
+  /// (or Executor) is broken: every function not yet begun gets Status::cancelled with an error
+  /// that says the initializer failed and what it threw.
+  WorkerInitializer initializer;
+  /// Runs once in each worker that started when it leaves normally (the run or the Executor ends,
+  /// or it is replaced after max_tasks_per_worker), before its state is destroyed; not after a
+  /// crash, a timeout or a cancel (the process is killed). A worker process has 10 s for it.
+  /// What it throws is printed to stderr.
+  WorkerFinalizer finalizer;
+};
+
+}  // namespace pfp
+
+#endif  // PFP_OPTIONS_HPP
+// ---- end <pfp/options.hpp> ----
+// ---- begin <pfp/result.hpp> ----
+#ifndef PFP_RESULT_HPP
+#define PFP_RESULT_HPP
+
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace pfp {
+
+/// How a function's run ended.
+enum class Status : std::uint8_t {
+  ok,         ///< returned normally; Result::result holds what it produced
+  exception,  ///< threw; Result::error names the exception type and its what()
+  crashed,    ///< its worker died (signal or exit); Result::error names the signal or exit code
+  timed_out,  ///< ran past Options::timeout and was killed with its process group
+  cancelled,  ///< never ran to completion because the run was stopped or could not start it
+};
+
+/// "ok", "exception", "crashed", "timed_out" or "cancelled".
+constexpr std::string_view to_string(Status s) noexcept {
+  switch (s) {
+    case Status::ok: return "ok";
+    case Status::exception: return "exception";
+    case Status::crashed: return "crashed";
+    case Status::timed_out: return "timed_out";
+    case Status::cancelled: return "cancelled";
+  }
+  return "unknown";
+}
+
+/// What one registered function produced. execute_parallel() returns exactly one per function.
+struct Result {
+  std::string function_name;            ///< the name given to register_function
+  std::size_t index = 0;                ///< registration order, from 0
+  Status status = Status::cancelled;
+  Value result;                         ///< what the function produced (null if nothing)
+  std::string error;                    ///< empty when ok; otherwise names the cause
+  int pid = 0;                          ///< the worker process that ran it (0 if it never ran)
+  /// How long the function itself ran, measured in the worker (for functions of a few nanoseconds
+  /// run back to back, the few dozen nanoseconds pfp spends between two of them included).
+  std::chrono::nanoseconds duration{};
+  unsigned attempts = 0;                ///< times the function was started (more than 1 after retries)
+  int rank = 0;                         ///< the MPI rank whose worker ran it (Backend::mpi; else 0)
+
+  bool ok() const noexcept { return status == Status::ok; }
+};
+
+}  // namespace pfp
+
+#endif  // PFP_RESULT_HPP
+// ---- end <pfp/result.hpp> ----
+
+#include <cstdint>
+#include <algorithm>
+#include <functional>
+#include <thread>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+
+namespace pfp {
+
+namespace detail {
+
+/// One unit of work: which function (the front end's own numbering) and its serialized input.
+/// Front ends whose inputs are inherited by fork leave payload empty.
+struct Task {
+  std::uint64_t fn = 0;
+  std::string payload;
+  int priority = 0;  ///< higher begins first among tasks that have not begun (see Feed::next_priority)
+};
+
+/// What a worker is given to run one task.
+struct TaskView {
+  std::uint64_t seq = 0;         ///< the task's number in the run, from 0, in the order it was pulled
+  std::uint64_t fn = 0;
+  std::string_view payload;
+  unsigned worker = 0;           ///< which worker slot runs it, 0 .. workers-1 (stable per slot)
+};
+
+/// Runs one task inside a worker (process, thread or the caller), filling r.result. Throwing is
+/// how a task fails: the backend turns the exception into Status::exception.
+using FeedRunner = std::function<void(const TaskView& task, Result& r)>;
+
+/// A run's source of tasks and sink of results. Backends call it one call at a time, never
+/// concurrently (the threads backend from several threads, under one mutex).
+class Feed {
+ public:
+  virtual ~Feed() = default;
+
+  /// The next task, or nullopt if none is ready now. May throw: the backend stops pulling, lets
+  /// the tasks it holds finish (delivering them), and rethrows from its run function.
+  virtual std::optional<Task> pull() = 0;
+
+  /// Optional fast path for many small tasks: up to `max` tasks at once, whose fns are
+  /// first_fn, first_fn + 1, ... and whose payloads are empty, with their Results kept by the feed
+  /// in places[0 .. n) (function_name and index already set, status cancelled, attempts 0). The
+  /// backend writes each verdict there in place of calling deliver(), and may send the n tasks to a
+  /// worker as one message. Returns n; 0 means none this way: call pull(). The default never
+  /// gives any.
+  virtual std::size_t pull_run(std::size_t /*max*/, std::uint64_t& /*first_fn*/, Result*& /*places*/) { return 0; }
+
+  /// After pull_run(): the verdict of task `seq` is final in its place (for a feed that streams
+  /// them on, e.g. to another MPI rank). Called once per task, in completion order.
+  virtual void placed(std::uint64_t /*seq*/) {}
+
+  /// After pull() returned nullopt: true if no task will ever come again (the run ends once the
+  /// tasks in flight are delivered); false if more may come later (see wake_fd).
+  virtual bool finished() = 0;
+
+  /// A descriptor that becomes readable when pull() may have something new, or -1 if the feed
+  /// never waits (finished() is true whenever pull() returns nullopt). pull() drains it.
+  virtual int wake_fd() const { return -1; }
+
+  /// The process backend has forked the workers it starts with (called once per run; not when it
+  /// could start none: the run then fails). A feed fed from other threads can hold them back until
+  /// then: a fork while another thread holds a lock leaves that lock held in the worker.
+  virtual void workers_started() {}
+
+  /// The priority of the task pull() would give next, if the feed orders its tasks by priority
+  /// (nullopt: it gives none now, or all its tasks are equal). A backend that holds tasks of lower
+  /// priority that have not begun takes them back, so the higher one begins first.
+  virtual std::optional<int> next_priority() { return std::nullopt; }
+
+  /// What every process of a distributed run (Backend::mpi) must have alike for the same fn to
+  /// mean the same function there: a hash of the functions' names and count, or of the items'
+  /// count; 0 = nothing to compare. Compared between ranks before any task is sent.
+  virtual std::uint64_t signature() const { return 0; }
+
+  /// Tasks the feed knows it will give, if known (used to start no more workers than needed).
+  virtual std::optional<std::size_t> size_hint() const { return std::nullopt; }
+
+  /// The final verdict of task `seq` (after retries), in completion order. r.index == seq,
+  /// r.function_name is empty (the feed names its tasks), r.pid is the process that ran it.
+  /// May throw: the backend then stops the run as if cancelled and rethrows.
+  virtual void deliver(std::uint64_t seq, Result&& r) = 0;
+
+  /// A verdict already delivered turned out wrong: the task corrupted pfp's result stream after
+  /// its result was sent, so it is reported as Status::crashed. A feed that can still change what
+  /// it reported takes the new Result; a stream keeps the first (the default).
+  virtual void amend(std::uint64_t /*seq*/, Result&& /*r*/) {}
+
+  /// The run stopped early (cancelled, or no worker could be started): tasks never pulled will
+  /// not run. A feed with a known list of tasks reports them (Status::cancelled, error `why`);
+  /// a stream just stops.
+  virtual void drop_rest(const std::string& /*why*/) {}
+
+  /// Polled by the backend between tasks: true asks it to stop as if cancelled (fail-fast).
+  virtual bool stop_requested() { return false; }
+
+  /// A descriptor the process backend watches for the whole run (-1: none), for what tasks send
+  /// the parent while they run besides their results (the Manager's log lines); side_ready() is
+  /// called when it is readable. May throw: the backend then stops the run as if cancelled and
+  /// rethrows.
+  virtual int side_fd() const { return -1; }
+  virtual void side_ready() {}
+};
+
+/// A user's callback that a feed hands results to (on_result, a Manager's logger). What it throws
+/// stops the run and is rethrown by the backend; from then on it is never called again, whatever
+/// the stop still delivers (tasks killed or never started, tasks of other threads finishing).
+template <class F>
+class UserCallback {
+ public:
+  explicit UserCallback(F& f) noexcept : f_(&f) {}
+  /// Calls the callback unless it threw before; false if it was not called.
+  template <class... Args>
+  bool operator()(Args&&... args) {
+    if (threw_) return false;
+    try {
+      (*f_)(std::forward<Args>(args)...);
+    } catch (...) {
+      threw_ = true;
+      throw;
+    }
+    return true;
+  }
+  bool threw() const noexcept { return threw_; }
+
+ private:
+  F* f_;
+  bool threw_ = false;
+};
+
+
+/// FNV-1a over `bytes`, continuing from h (for Feed::signature()).
+inline std::uint64_t hash_bytes(std::uint64_t h, std::string_view bytes) noexcept {
+  for (unsigned char c : bytes) h = (h ^ c) * 0x100000001b3ull;
+  return h;
+}
+inline constexpr std::uint64_t hash_seed = 0xcbf29ce484222325ull;
+
+/// Workers for a run of `tasks` tasks (unknown: as many as the options allow).
+inline unsigned effective_workers(const Options& o, std::optional<std::size_t> tasks = std::nullopt) {
+  unsigned n = o.workers ? o.workers : std::thread::hardware_concurrency();
+  if (n == 0) n = 1;
+  return tasks ? static_cast<unsigned>(std::min<std::size_t>(n, std::max<std::size_t>(*tasks, 1))) : n;
+}
+
+}  // namespace detail
+}  // namespace pfp
+
+#endif  // PFP_DETAIL_FEED_HPP
+// ---- end <pfp/detail/feed.hpp> ----
+// ---- begin <pfp/detail/local_backends.hpp> ----
+#ifndef PFP_DETAIL_LOCAL_BACKENDS_HPP
+#define PFP_DETAIL_LOCAL_BACKENDS_HPP
+
+// The backends that run a Feed (feed.hpp) inside this process: a pool of threads, or the calling
+// thread alone.
+//
+// In-process backends give the same Results as the process backend for everything a function
+// does by returning or throwing: the same status, result, error text ("<demangled type>: what()"),
+// attempts and retries of exceptions (Options::retries with Options::retry_exceptions), the same
+// Options::max_result_bytes verdict. What they cannot give is isolation:
+//   - a crash (a signal, abort(), exit()) in a function ends the whole program, the caller included;
+//   - Options::timeout is not enforced: a thread cannot be killed, so a function runs to its end
+//     and keeps the verdict it reaches (a hang hangs the run);
+//   - Options::memory_limit, Options::cpu_limit, Options::max_tasks_per_worker and
+//     Options::threads do not apply (they are properties of worker processes);
+//   - cancel (CancelState) and Feed::stop_requested() stop the pulling of new tasks; tasks already
+//     running finish and are delivered with their own verdict (the process backend kills them);
+//   - functions share the process: what one changes in globals, the context or its args is seen
+//     by the others and by the caller. With threads they run concurrently and must be thread-safe.
+// Result::pid is this process's pid. Each worker (a thread, or the calling thread inline) runs
+// Options::initializer before its first task and Options::finalizer when the run ends (see
+// worker_life.hpp); one whose initializer throws start_attempts times in a row breaks the run.
+
+// ---- begin <pfp/detail/attempt.hpp> ----
+#ifndef PFP_DETAIL_ATTEMPT_HPP
+#define PFP_DETAIL_ATTEMPT_HPP
+
+// How one attempt of a task becomes its verdict, and whether a verdict is tried again: the same
+// rules on every backend (worker processes, threads, the calling thread).
+
 
 #include <cstddef>
 #include <new>
@@ -2036,6 +2283,206 @@ class WakePipe {
 
 #endif  // PFP_DETAIL_WAKE_PIPE_HPP
 // ---- end <pfp/detail/wake_pipe.hpp> ----
+// ---- begin <pfp/detail/worker_life.hpp> ----
+#ifndef PFP_DETAIL_WORKER_LIFE_HPP
+#define PFP_DETAIL_WORKER_LIFE_HPP
+
+// One worker's life on every backend: Options::initializer before its first function,
+// Options::finalizer when it leaves normally, its state in between (worker.hpp), and what a run
+// does when workers cannot be started: after start_attempts failed starts in a row of one worker
+// number the run is broken, and every task not begun gets broken_reason() as its verdict.
+
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <unistd.h>
+
+// Coverage runtimes write their data at exit(), which a worker never calls (it leaves by _exit):
+// when the program is built with coverage, these exist and a worker calls them before it leaves.
+extern "C" void __gcov_dump(void) __attribute__((weak));               // gcc/clang --coverage
+extern "C" int __llvm_profile_write_file(void) __attribute__((weak));  // clang -fprofile-instr-generate
+
+namespace pfp {
+namespace detail {
+
+/// Failed starts in a row of one worker number after which a run is broken.
+inline constexpr unsigned start_attempts = 3;
+
+/// Writes the coverage data of this process, when it is built with coverage (else nothing).
+inline void flush_coverage() noexcept {
+  if (__gcov_dump) __gcov_dump();
+  if (__llvm_profile_write_file) __llvm_profile_write_file();
+}
+
+/// The verdict text of the tasks of a broken run.
+inline std::string broken_reason(unsigned number, const std::string& last_error) {
+  return "not run: the worker initializer failed " + std::to_string(start_attempts) + " times in a row (worker " +
+         std::to_string(number) + "): " + last_error;
+}
+
+/// Makes `w` the calling thread's worker (pfp::this_worker(), pfp::worker_state()) for the scope.
+class CurrentScope {
+ public:
+  explicit CurrentScope(CurrentWorker& w) noexcept : previous_(std::exchange(current_worker, &w)) {}
+  ~CurrentScope() { current_worker = previous_; }
+  CurrentScope(const CurrentScope&) = delete;
+  CurrentScope& operator=(const CurrentScope&) = delete;
+
+ private:
+  CurrentWorker* previous_;
+};
+
+/// One worker's set-up and tear-down, in the thread (or process) that is the worker. The caller
+/// keeps a CurrentScope on current() while the worker runs anything.
+class WorkerLife {
+ public:
+  WorkerLife(const Options& o, WorkerInfo info) : opt_(o) {
+    me_.info = info;
+    me_.has_initializer = static_cast<bool>(o.initializer);
+    me_.state_type = o.initializer.state_type();
+    me_.state_name = o.initializer.state_name();
+  }
+  WorkerLife(const WorkerLife&) = delete;
+  WorkerLife& operator=(const WorkerLife&) = delete;
+
+  CurrentWorker& current() noexcept { return me_; }
+  bool started() const noexcept { return me_.initialized; }
+
+  /// Runs the initializer (if any). True once it returned; false with `why` (the exception's type
+  /// and what()) when it threw.
+  bool begin(std::string& why) noexcept {
+    try {
+      if (opt_.initializer) me_.state = opt_.initializer(me_.info);
+      me_.initialized = true;
+      return true;
+    } catch (...) {
+      why = "the initializer threw " + describe_current_exception();
+      return false;
+    }
+  }
+
+  /// begin() up to start_attempts times, each with the next generation. nullopt once it
+  /// succeeded, else the run's broken_reason().
+  std::optional<std::string> begin_here() {
+    std::string why;
+    for (unsigned k = 0; k < start_attempts; ++k, ++me_.info.generation)
+      if (begin(why)) return std::nullopt;
+    return broken_reason(me_.info.number, why);
+  }
+
+  /// If it started: runs the finalizer, then destroys the state. What either throws is printed to
+  /// stderr (the worker is leaving: there is nobody else to tell). Idempotent.
+  void end() noexcept {
+    if (!me_.initialized) return;
+    try {
+      if (opt_.finalizer) opt_.finalizer(me_.info);
+    } catch (...) {
+      complain("the finalizer threw");
+    }
+    try {
+      me_.state.reset();
+    } catch (...) {
+      complain("destroying the worker's state threw");
+    }
+    me_.initialized = false;
+  }
+
+ private:
+  void complain(const char* what) noexcept {
+    try {
+      std::fprintf(stderr, "pfp: worker %u: %s %s\n", me_.info.number, what, describe_current_exception().c_str());
+    } catch (...) {
+    }
+  }
+
+  const Options& opt_;
+  CurrentWorker me_;
+};
+
+/// The inline backend's worker kept across runs: the Executor runs its inline backend once per
+/// submission, and its worker lives from the first submission to shutdown.
+class KeptWorker {
+ public:
+  explicit KeptWorker(const Options& o) : life_(o, WorkerInfo{}) {}
+
+  /// Starts it in the calling thread on first use; the broken_reason() if it cannot start.
+  std::optional<std::string> enter() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!tried_) {
+      tried_ = true;
+      CurrentScope scope(life_.current());
+      broken_ = life_.begin_here();
+    }
+    return broken_;
+  }
+  CurrentWorker& current() noexcept { return life_.current(); }
+  /// The worker leaves (finalizer, state destroyed), if it started.
+  void end() noexcept {
+    std::lock_guard<std::mutex> lock(mutex_);
+    CurrentScope scope(life_.current());
+    life_.end();
+  }
+  ~KeptWorker() { end(); }
+
+ private:
+  std::mutex mutex_;
+  WorkerLife life_;
+  bool tried_ = false;
+  std::optional<std::string> broken_;
+};
+
+/// The process backend's record of each worker number's starts.
+class SlotStarts {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  /// A worker of this number is being forked: its WorkerInfo.
+  WorkerInfo forking(unsigned number, unsigned workers) {
+    Slot& s = at(number);
+    s.waiting = true;
+    s.since = Clock::now();
+    return WorkerInfo{number, workers, s.generation++};
+  }
+  /// Whether a worker of this number was forked and has not yet been seen started or failed.
+  bool waiting(unsigned number) const { return number < slots_.size() && slots_[number].waiting; }
+  Clock::time_point since(unsigned number) const { return slots_[number].since; }
+  /// Its initializer returned.
+  void started(unsigned number) {
+    at(number).waiting = false;
+    at(number).failures = 0;
+  }
+  /// Its start failed: true when that makes start_attempts in a row (the run is then broken).
+  bool failed(unsigned number) {
+    at(number).waiting = false;
+    return ++at(number).failures >= start_attempts;
+  }
+
+ private:
+  struct Slot {
+    unsigned generation = 0;
+    unsigned failures = 0;  // in a row
+    bool waiting = false;
+    Clock::time_point since{};
+  };
+  Slot& at(unsigned number) {
+    if (number >= slots_.size()) slots_.resize(number + 1);
+    return slots_[number];
+  }
+  std::vector<Slot> slots_;
+};
+
+}  // namespace detail
+}  // namespace pfp
+
+#endif  // PFP_DETAIL_WORKER_LIFE_HPP
+// ---- end <pfp/detail/worker_life.hpp> ----
 // ---- begin <pfp/detail/run_guards.hpp> ----
 #ifndef PFP_DETAIL_RUN_GUARDS_HPP
 #define PFP_DETAIL_RUN_GUARDS_HPP
@@ -2710,9 +3157,9 @@ inline bool stop_wanted(Feed& feed, const CancelState* cancel) {
 
 /// Tells the feed that the tasks it has not given will not run, as the process backend does when
 /// a run is stopped. What drop_rest() throws is kept in `error` unless an earlier exception is.
-inline void drop_rest_noexcept(Feed& feed, std::exception_ptr& error) noexcept {
+inline void drop_rest_noexcept(Feed& feed, std::exception_ptr& error, const char* why = not_started_reason) noexcept {
   try {
-    feed.drop_rest(not_started_reason);
+    feed.drop_rest(why);
   } catch (...) {
     if (!error) error = std::current_exception();
   }
@@ -2726,8 +3173,26 @@ inline void drop_rest_noexcept(Feed& feed, std::exception_ptr& error) noexcept {
 /// Throws what feed.pull() throws (every task that ran was delivered by then), and what
 /// deliver() or stop_requested() throws (after stopping the run as if cancelled).
 /// Options::timeout, memory_limit, cpu_limit, max_tasks_per_worker are not enforced (see top of file).
-inline void run_feed_inline(const FeedRunner& run, const Options& opt, Feed& feed, CancelState* cancel) {
+/// The calling thread is worker 0: its initializer runs before the first task and its finalizer
+/// when the run returns, or, with `kept`, once for all the runs given the same KeptWorker.
+inline void run_feed_inline(const FeedRunner& run, const Options& opt, Feed& feed, CancelState* cancel,
+                            KeptWorker* kept = nullptr) {
+  std::optional<WorkerLife> own;
+  if (!kept) own.emplace(opt, WorkerInfo{});
+  CurrentScope scope(kept ? kept->current() : own->current());
+  const std::optional<std::string> broken = kept ? kept->enter() : own->begin_here();
+  struct End {
+    std::optional<WorkerLife>& life;
+    ~End() {
+      if (life) life->end();
+    }
+  } end{own};
   std::exception_ptr error;  // what deliver() or stop_requested() threw: the run stops
+  if (broken) {  // the worker could not start: nothing runs, and the feed hears why
+    drop_rest_noexcept(feed, error, broken->c_str());
+    if (error) std::rethrow_exception(error);
+    return;
+  }
   for (std::uint64_t seq = 0;;) {
     try {
       if (stop_wanted(feed, cancel)) break;
@@ -2786,9 +3251,28 @@ class ThreadRun {
   }
 
  private:
-  // One worker thread: pull, run (unlocked), deliver, until the feed has nothing more for it.
+  // One worker thread: start (Options::initializer), then pull, run (unlocked), deliver, until the
+  // feed has nothing more for it; then its finalizer. A thread that could not start breaks the
+  // run: nothing more is pulled, and the feed hears why (Feed::drop_rest).
   void work(unsigned slot) noexcept {
+    WorkerLife life(opt_, WorkerInfo{slot, workers_, 0});
+    CurrentScope scope(life.current());
+    struct End {
+      WorkerLife& life;
+      ~End() { life.end(); }  // not under the lock: the finalizer may take its time
+    } end{life};
+    std::optional<std::string> broken;
+    try {
+      broken = life.begin_here();
+    } catch (...) {  // out of memory for the reason's text
+      broken = "not run: the worker initializer could not be run";
+    }
     std::unique_lock<std::mutex> lock(mutex_);
+    if (broken && broken_.empty()) {
+      broken_ = std::move(*broken);
+      close(true, broken_.c_str());
+    }
+    if (broken) return;
     try {
       for (;;) {
         if (run_in_place(lock, slot)) continue;
@@ -2802,11 +3286,7 @@ class ThreadRun {
         lock.unlock();
         Result r = run_task_here(run_, opt_, view, pid_);
         lock.lock();
-        try {
-          feed_.deliver(view.seq, std::move(r));
-        } catch (...) {
-          consumer_failed();
-        }
+        deliver_locked(view.seq, std::move(r));
       }
     } catch (...) {  // out of memory outside a task: the run stops
       if (!lock.owns_lock()) lock.lock();
@@ -2870,6 +3350,14 @@ class ThreadRun {
     last_run_ = n;
   }
 
+  void deliver_locked(std::uint64_t seq, Result&& r) noexcept {
+    try {
+      feed_.deliver(seq, std::move(r));
+    } catch (...) {
+      consumer_failed();
+    }
+  }
+
   // The next task for this thread, or nullopt when the run takes no more (finished, stopped, or
   // failed). Called and returns with the lock held.
   std::optional<Task> next(std::unique_lock<std::mutex>& lock) {
@@ -2926,10 +3414,10 @@ class ThreadRun {
 
   // No more pulls; with `drop`, the feed hears that what it has not given will not run. Wakes
   // every waiting thread. Called with the lock held.
-  void close(bool drop) noexcept {
+  void close(bool drop, const char* why = not_started_reason) noexcept {
     if (closed_) return;
     closed_ = true;
-    if (drop) drop_rest_noexcept(feed_, consumer_error_);
+    if (drop) drop_rest_noexcept(feed_, consumer_error_, why);
     interrupt_.ring();
     cv_.notify_all();
   }
@@ -2944,12 +3432,13 @@ class ThreadRun {
   const int pid_ = static_cast<int>(::getpid());
   std::mutex mutex_;               // guards every member below and every call to feed_
   std::optional<std::size_t> hint_;  // feed_.size_hint(), read once
-  unsigned workers_ = 1;
+  unsigned workers_ = 1;           // threads of the run (WorkerInfo::workers)
   bool runs_ = true;               // the feed may give runs (pull_run)
   std::size_t last_run_ = 0;       // tasks in the last run taken (the next may be twice that)
   std::chrono::nanoseconds mean_task_{0};  // per task in recent runs, the threads' overhead included
   std::condition_variable cv_;
   std::uint64_t next_seq_ = 0;
+  std::string broken_;             // why the run is broken (a thread could not start), or empty
   bool closed_ = false;            // no thread pulls again
   bool polling_ = false;           // one thread is in wait_for_more()
   std::exception_ptr source_error_;    // pull(), finished() or wake_fd() threw
@@ -3287,7 +3776,12 @@ struct SharedBlock {
   // (set by the parent), and the futex word the parent answers a remote frame on.
   alignas(64) std::atomic<std::uint32_t> remote_allowed{0};
   std::atomic<std::uint32_t> remote_ack{0};
+  // The worker's start (Options::initializer): worker_starting until it returned (worker_ready), or
+  // worker_start_failed with what it threw in start_error (NUL-terminated).
+  alignas(64) std::atomic<std::uint32_t> start_state{0};
+  char start_error[1024] = {};
 };
+inline constexpr std::uint32_t worker_starting = 0, worker_ready = 1, worker_start_failed = 2;
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free, "pfp needs lock-free 64-bit atomics in shared memory");
 
 /// Worker side: decides whether the worker may begin the task with ordinal `ord` (tasks are
@@ -5100,8 +5594,10 @@ struct WorkerEnd {
 // The child side of the process backend: what a forked worker does until it leaves. It reads task
 // messages from its inbox (the task pipe), claims each task before it begins it (the parent may
 // have taken it back), runs it, and sends its result frame through the shared ring or the result
-// pipe (wire.hpp). It leaves only through _exit: when the parent closes the pipe, when it has run
-// Options::max_tasks_per_worker tasks, or after a task that wrote on pfp's result pipe.
+// pipe (wire.hpp). It runs Options::initializer first and tells the parent how that went in its
+// shared block. It leaves only through _exit (after its finalizer and a coverage flush, see
+// exit_normally()): when the parent closes the pipe, when it has run Options::max_tasks_per_worker
+// tasks, after a task that wrote on pfp's result pipe, or when its initializer failed.
 
 
 #include <algorithm>
@@ -5215,8 +5711,9 @@ inline std::uint64_t bytes_ever_written(int result_fd, SharedBlock* shared) noex
 class WorkerProcess {
  public:
   WorkerProcess(int task_fd, int result_fd, SharedBlock* shared, char* ring, const FeedRunner& run, const Options& opt,
-                unsigned slot)
-      : task_fd_(task_fd), result_fd_(result_fd), shared_(shared), ring_out_(shared, ring), run_(run), opt_(opt), slot_(slot) {}
+                WorkerInfo info)
+      : task_fd_(task_fd), result_fd_(result_fd), shared_(shared), ring_out_(shared, ring), run_(run), opt_(opt),
+        slot_(info.number), life_(opt, info) {}
 
   [[noreturn]] void serve() {
     // The parent made both pipes non-blocking; this worker's ends block.
@@ -5227,6 +5724,8 @@ class WorkerProcess {
 #endif
     worker_result_fd = result_fd_;
     apply_memory_limit(opt_);
+    current_worker = &life_.current();  // for the whole life of this process
+    start();
     pipe_bytes_ = bytes_ever_written(result_fd_, shared_);
     for (;;) {
       run_messages();
@@ -5277,8 +5776,7 @@ class WorkerProcess {
     ++done_;
     if (wrote_on_pipe || (opt_.max_tasks_per_worker && done_ >= opt_.max_tasks_per_worker)) {
       ring_bell();
-      flush_stdio();
-      leave(0);
+      exit_normally();
     }
     clock_.chain(quiet && opt_.cpu_limit.count() <= 0);  // what pfp's system calls in between take is nobody's run time
   }
@@ -5351,16 +5849,39 @@ class WorkerProcess {
     }
     ring_bell();  // about to wait for work: let the parent collect what is in the ring
     const ssize_t got = read_some(task_fd_, in_.get() + have_, in_size_ - have_);
-    if (got <= 0) {
-      flush_stdio();
-      ::_exit(0);
-    }
+    if (got <= 0) exit_normally();
     have_ += static_cast<std::size_t>(got);
   }
 
   void send(const char* data, std::size_t n) {
-    if (!write_all(result_fd_, data, n)) ::_exit(0);  // the parent is gone
+    if (!write_all(result_fd_, data, n)) exit_normally();  // the parent is gone
     pipe_bytes_ += n;
+  }
+
+  // Runs the initializer. If it throws, the parent reads why in the shared block, and the worker
+  // leaves without running anything (nor the finalizer: it never started).
+  void start() {
+    std::string why;
+    if (life_.begin(why)) {
+      shared_->start_state.store(worker_ready, std::memory_order_release);
+      return;
+    }
+    const std::size_t n = std::min(why.size(), sizeof shared_->start_error - 1);
+    std::memcpy(shared_->start_error, why.data(), n);
+    shared_->start_error[n] = '\0';
+    shared_->start_state.store(worker_start_failed, std::memory_order_release);
+    flush_coverage();
+    flush_stdio();
+    leave(0);
+  }
+
+  // Every way a worker leaves on its own: finalizer (with the worker's state), coverage data,
+  // buffered output, then _exit.
+  [[noreturn]] void exit_normally() noexcept {
+    life_.end();
+    flush_coverage();
+    flush_stdio();
+    leave(0);
   }
 
   void ring_bell() {
@@ -5383,6 +5904,7 @@ class WorkerProcess {
   const FeedRunner& run_;
   const Options& opt_;
   const unsigned slot_;
+  WorkerLife life_;
   std::size_t in_size_ = std::size_t{1} << 16;
   std::unique_ptr<char[]> in_{new char[in_size_]};  // grown without zero-filling: only bytes read are touched
   std::size_t have_ = 0;        // bytes in in_
@@ -5400,8 +5922,8 @@ class WorkerProcess {
 };
 
 [[noreturn]] inline void worker_loop(int task_fd, int result_fd, SharedBlock* shared, char* ring, const FeedRunner& run,
-                                     const Options& opt, unsigned slot) {
-  WorkerProcess(task_fd, result_fd, shared, ring, run, opt, slot).serve();
+                                     const Options& opt, WorkerInfo info) {
+  WorkerProcess(task_fd, result_fd, shared, ring, run, opt, info).serve();
 }
 
 }  // namespace detail
@@ -5535,7 +6057,7 @@ class Pool {
         polled_.push_back(w.get());
       }
     }
-    const int rc = ::poll(poll_fds_.data(), static_cast<nfds_t>(poll_fds_.size()), poll_timeout_ms());
+    const int rc = poll_fds(poll_fds_.data(), poll_fds_.size(), poll_timeout_ms());
     if (rc < 0 && errno != EINTR) throw_errno("poll");
     return rc;
   }
@@ -5606,6 +6128,8 @@ class Pool {
   bool runs_seen_ = false;        // the feed gives runs of tasks
   std::string last_spawn_error_;
   int last_spawn_errno_ = 0;  // of the last failed start, 0 if it was no system call's
+  SlotStarts starts_;    // each worker number's starts (Options::initializer)
+  std::string broken_;   // why the run is broken (no worker can start), or empty
   SignalPlan signal_plan_;               // what a new worker resets of this thread's signal state
   std::vector<int> close_in_child_;      // descriptors a new worker closes
   std::vector<SharedRegion> spare_regions_;  // regions of gone workers, for new ones
@@ -5712,6 +6236,12 @@ class Pool {
         std::string().swap(slot.task.payload);
       else
         slot.task.payload.clear();
+    } else {
+      try {
+        feed_.placed(slot.seq + TaskTable::place_of(id));
+      } catch (...) {
+        consumer_failed();
+      }
     }
     tasks_.release(id);
   }
@@ -5727,6 +6257,15 @@ class Pool {
   // Every worker failed to start or died and none can be started again: the tasks that never
   // ran say why instead of hanging the run.
   void give_up();
+
+  // Workers whose initializer still runs (see pool_starts.hpp).
+  bool starting(const Worker& w) const;
+  void watch_starts();
+  bool start_failed(Worker& w);
+  void note_started(const Worker& w);
+  void start_lost(Worker& w, const std::string& why);
+  void fail_rest(const std::string& why);
+  std::chrono::milliseconds leave_grace() const;
 
   // ---- handing out work
 
@@ -6032,6 +6571,7 @@ inline void Pool::recycle(SharedRegion&& region) {
 
 // Called once the worker's process is gone (reaped), or its region moved out.
 inline void Pool::close_pipes(Worker& w) {
+  note_started(w);
   recycle(std::move(w.shared));
   if (w.buf.capacity() == read_chunk && spare_buf_.capacity() == 0) spare_buf_ = std::move(w.buf);  // for the next worker
   w.ring = RingReader();
@@ -6048,10 +6588,10 @@ inline void Pool::close_pipes(Worker& w) {
 inline void Pool::worker_ended(Worker& w) {
   if (w.pid <= 0) return;
   drain(w);
-  if (w.pid <= 0) return;
+  if (w.pid <= 0 || start_failed(w)) return;
   if (w.queue.empty()) {
     w.task_w.reset();
-    reap(w.pid, std::chrono::milliseconds(1000), w.pidfd.get());
+    reap(w.pid, leave_grace(), w.pidfd.get());
     close_pipes(w);
     return;
   }
@@ -6083,9 +6623,10 @@ inline void Pool::kill_worker(Worker& w, Status status, const std::string& why) 
 // other workers meanwhile, and starts the successor as soon as it is gone. Its region and result
 // pipe are kept until then (it may still ring its doorbell).
 inline void Pool::retire(Worker& w) {
+  note_started(w);
   w.task_w.reset();
   w.ring.publish();
-  leaving_.add(w.pid, std::move(w.pidfd), Retired{std::move(w.shared), std::move(w.result_r)}, std::chrono::milliseconds(1000));
+  leaving_.add(w.pid, std::move(w.pidfd), Retired{std::move(w.shared), std::move(w.result_r)}, leave_grace());
   close_pipes(w);
 }
 
@@ -6101,7 +6642,7 @@ inline Clock::time_point Pool::deadline(const Worker& w) const {
 inline void Pool::enforce_timeouts(Clock::time_point now) {
   if (options_.timeout.count() <= 0) return;
   for (auto& w : workers_) {
-    if (w->pid <= 0 || w->queue.empty() || now < deadline(*w)) continue;
+    if (w->pid <= 0 || w->queue.empty() || starting(*w) || now < deadline(*w)) continue;
     const std::uint64_t head = w->queue.front().id;
     drain(*w);  // it may have finished just now
     if (w->pid <= 0 || w->queue.empty() || w->queue.front().id != head) continue;
@@ -6142,7 +6683,7 @@ inline void Pool::remove_dead() {
 inline void Pool::shutdown() {
   for (auto& w : workers_) w->task_w.reset();  // every idle worker sees EOF and leaves
   for (auto& w : workers_) {
-    if (w->pid > 0) reap(w->pid, std::chrono::milliseconds(1000), w->pidfd.get());
+    if (w->pid > 0) reap(w->pid, leave_grace(), w->pidfd.get());
     close_pipes(*w);
   }
   workers_.clear();
@@ -6161,15 +6702,31 @@ inline void Pool::shutdown() {
 // The process pool, continued: how workers start. Up to Options::workers processes (a retired one
 // counts until it has exited), each forked with its pipes and a shared region (reused from a gone
 // worker where one is spare) and given work at once; when none can be started for a while, the
-// tasks that never ran say why. Part of pool.hpp, which includes it at its end.
+// tasks that never ran say why. Each worker runs Options::initializer before its first task (see
+// worker_life.hpp): a start that fails (the initializer threw, crashed or ran past
+// Options::timeout) costs no task, and start_attempts of them in a row for one worker number break
+// the run: every task not begun then gets the reason as its verdict, and no worker is started
+// again. Part of pool.hpp, which includes it at its end.
 
 
 namespace pfp {
 namespace detail {
 
 inline void Pool::spawn_missing() {
-  // A retired worker counts until it has exited: never more processes than Options::workers.
-  while (workers_.size() + leaving_.size() < target_workers_ && (!tasks_.pending.empty() || !feed_exhausted())) {
+  watch_starts();
+  if (!broken_.empty()) {
+    fail_rest(broken_);
+    return;
+  }
+  // A retired worker counts until it has exited: never more processes than Options::workers. None
+  // for a feed whose every task is already out (a start may cost an initializer).
+  const std::optional<std::size_t> hint = feed_.size_hint();
+  bool all_out = hint && tasks_.next_seq >= *hint;
+  if (all_out && tasks_.pending.empty() && !feed_exhausted()) {
+    if (std::optional<std::uint64_t> id = pull_one()) tasks_.hand_back(*id);  // the hint was short
+    all_out = false;  // the feed says for itself now
+  }
+  while (workers_.size() + leaving_.size() < target_workers_ && (!tasks_.pending.empty() || (!feed_exhausted() && !all_out))) {
     if (!spawn_one()) break;
     dispatch();  // the new worker gets its work now, not after its siblings have been forked
   }
@@ -6219,8 +6776,8 @@ inline bool Pool::spawn_one() {
     char* ring = w->shared.ring();
     const FeedRunner& run = run_;
     const Options& opt = options_;
-    const unsigned slot = w->slot;
-    w->pid = fork_worker([&] { worker_loop(task_fd, result_fd, block, ring, run, opt, slot); }, close_in_child,
+    const WorkerInfo info = starts_.forking(w->slot, target_workers_);
+    w->pid = fork_worker([&] { worker_loop(task_fd, result_fd, block, ring, run, opt, info); }, close_in_child,
                          &signal_plan_, &w->pidfd);
     w->ring = RingReader(block, ring);
     w->task_w = std::move(tasks.write);
@@ -6240,6 +6797,10 @@ inline bool Pool::spawn_one() {
 // A cancel ends the wait at once (turn() then cancels the run). After that the tasks that never
 // ran, and every task the feed would still give, say why instead of hanging.
 inline void Pool::give_up() {
+  if (!broken_.empty()) {
+    fail_rest(broken_);
+    return;
+  }
   const int e = last_spawn_errno_;
   const bool transient = e == EAGAIN || e == EMFILE || e == ENFILE || e == ENOMEM;
   const auto until = Clock::now() + (transient ? std::chrono::milliseconds(6000) : std::chrono::milliseconds(300));
@@ -6252,7 +6813,11 @@ inline void Pool::give_up() {
     spawn_missing();
   }
   if (!workers_.empty()) return;
-  const std::string why = "not run: could not start a worker process: " + last_spawn_error_;
+  fail_rest("not run: could not start a worker process: " + last_spawn_error_);
+}
+
+// Every task not begun -- pending, or still in the feed (Feed::drop_rest) -- gets `why`.
+inline void Pool::fail_rest(const std::string& why) {
   while (!tasks_.pending.empty()) {
     std::uint64_t id = tasks_.pending.front();
     tasks_.pending.pop_front();
@@ -6269,6 +6834,89 @@ inline void Pool::give_up() {
       consumer_failed();
     }
   }
+}
+
+inline bool Pool::starting(const Worker& w) const {
+  return options_.initializer && w.shared &&
+         w.shared.block()->start_state.load(std::memory_order_acquire) == worker_starting;
+}
+
+// Notes the workers whose initializer returned (their tasks' time begins now), and kills the ones
+// whose initializer has run past Options::timeout.
+inline void Pool::watch_starts() {
+  if (!options_.initializer) return;
+  const auto now = Clock::now();
+  for (auto& w : workers_) {
+    if (w->pid <= 0 || !w->shared || !starts_.waiting(w->slot)) continue;
+    const std::uint32_t state = w->shared.block()->start_state.load(std::memory_order_acquire);
+    if (state == worker_ready) {
+      starts_.started(w->slot);
+      if (!w->queue.empty() && !w->head_began()) w->head_since = now;
+    } else if (state == worker_starting && options_.timeout.count() > 0 && now - starts_.since(w->slot) > options_.timeout) {
+      kill_tree(w->pid, w->pidfd.get());
+      int ignored = 0;
+      reap_child(w->pid, w->pidfd.get(), &ignored);
+      start_lost(*w, "the initializer ran past Options::timeout (" + std::to_string(options_.timeout.count()) +
+                         " ms) and its worker process was killed");
+    }
+  }
+}
+
+// A worker that started and is going away before watch_starts() saw it start.
+inline void Pool::note_started(const Worker& w) {
+  if (w.shared && starts_.waiting(w.slot) && w.shared.block()->start_state.load(std::memory_order_acquire) == worker_ready)
+    starts_.started(w.slot);
+}
+
+// A worker ended before its initializer returned (it threw, or the process died): true if so,
+// once the worker is reaped and its start counted as failed.
+inline bool Pool::start_failed(Worker& w) {
+  if (!options_.initializer || !w.shared) return false;
+  const SharedBlock* block = w.shared.block();
+  const std::uint32_t state = block->start_state.load(std::memory_order_acquire);
+  if (state == worker_ready) return false;
+  // As in worker_ended(): the exit status can come a moment after EOF; take its group down.
+  const auto deadline = Clock::now() + std::chrono::milliseconds(100);
+  while (!has_exited(w.pid, w.pidfd.get()) && Clock::now() < deadline) ::poll(nullptr, 0, 1);
+  kill_tree(w.pid, w.pidfd.get());
+  int status = 0;
+  const bool reaped = reap_child(w.pid, w.pidfd.get(), &status) == w.pid;
+  std::string why;
+  if (state == worker_start_failed)
+    why.assign(block->start_error, ::strnlen(block->start_error, sizeof block->start_error));
+  else
+    why = "its worker process " + std::to_string(w.pid) +
+          (reaped ? (WIFSIGNALED(status) ? " was " : " exited with ") + describe_wait_status(status) : std::string(" ended")) +
+          " while running the initializer";
+  start_lost(w, why);
+  return true;
+}
+
+// w (reaped) never started: the tasks it holds go back (none began); the run is broken when that
+// makes start_attempts failed starts in a row for its number.
+inline void Pool::start_lost(Worker& w, const std::string& why) {
+  std::vector<std::uint64_t> never_began;
+  for (const Queued& q : w.queue) never_began.push_back(q.id);
+  w.queue.clear();
+  tasks_.hand_back(never_began);
+  const unsigned number = w.slot;
+  close_pipes(w);
+  if (!starts_.failed(number) || !broken_.empty()) return;
+  broken_ = broken_reason(number, why);
+  // The workers that did start finish what they began and leave; nothing else begins.
+  for (auto& other : workers_) {
+    if (other->pid <= 0) continue;
+    take_back_from(*other);
+    other->task_w.reset();
+  }
+  fail_rest(broken_);
+}
+
+// How long a worker told to leave has before it is killed: its finalizer and its state's
+// destructor may have work to do.
+inline std::chrono::milliseconds Pool::leave_grace() const {
+  return options_.finalizer || options_.initializer.state_type() ? std::chrono::milliseconds(10'000)
+                                                                 : std::chrono::milliseconds(1000);
 }
 
 }  // namespace detail
@@ -6623,13 +7271,15 @@ inline bool runs_in_caller(const Options& o) noexcept { return o.backend == Back
 /// (run_feed_processes, pool.hpp), threads of this process (run_feed_threads) or the calling
 /// thread (run_feed_inline). Every task pulled gets exactly one delivered Result; what each
 /// backend enforces and what it throws is said at each of them.
-/// Throws pfp::error for invalid Options (validate()).
-inline void run_feed(const FeedRunner& run, const Options& options, Feed& feed, CancelState* cancel) {
+/// Throws pfp::error for invalid Options (validate()). `inline_worker` keeps the inline backend's
+/// worker (Options::initializer's state) across runs; see run_feed_inline.
+inline void run_feed(const FeedRunner& run, const Options& options, Feed& feed, CancelState* cancel,
+                     KeptWorker* inline_worker = nullptr) {
   validate(options);
   switch (options.backend) {
     case Backend::processes: run_feed_processes(run, options, feed, cancel); return;
     case Backend::threads: run_feed_threads(run, options, feed, cancel); return;
-    case Backend::inline_: run_feed_inline(run, options, feed, cancel); return;
+    case Backend::inline_: run_feed_inline(run, options, feed, cancel, inline_worker); return;
     case Backend::mpi:
       if (!mpi_backend())
         throw error("pfp: Options::backend is Backend::mpi but no pfp::mpi::Session is alive; #include <pfp/mpi.hpp>, "
@@ -7142,6 +7792,7 @@ class Executor {
     }
     close();
     if (runner_.joinable()) runner_.join();
+    inline_worker_.end();  // Backend::inline_: its finalizer (the pool's workers ran theirs)
   }
 
   /// Stops everything now: queued tasks are cancelled, running ones killed (processes) with their
@@ -7358,7 +8009,7 @@ class Executor {
         ex.draining_inline_ = false;
       }
     } done{*this};
-    detail::run_feed(task_runner(), options_, feed, nullptr);
+    detail::run_feed(task_runner(), options_, feed, nullptr, &inline_worker_);
   }
 
   std::size_t outstanding_locked() const {
@@ -7431,6 +8082,7 @@ class Executor {
   detail::WakePipe wake_;  // rung by submit(), close() and shutdown(): the pool's feed has news
   detail::CancelState cancel_state_;
   std::thread runner_;
+  detail::KeptWorker inline_worker_{options_};  // Backend::inline_: one worker from the first submit() to shutdown
 };
 
 }  // namespace pfp
