@@ -6,8 +6,15 @@
 #include <pfp/detail/mpi_protocol.hpp>
 #include <pfp/pfp.hpp>
 
+#include <chrono>
+#include <map>
+#include <memory>
+#include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
+
+#include <poll.h>
 
 using pfp::detail::HelloBlock;
 
@@ -124,4 +131,113 @@ TEST_CASE("result batches carry every field but the name; big strings stay out a
   CHECK(got[1].result == big.result);
   CHECK_THROWS_WITH(pfp::detail::for_each_result(std::string_view(batch).substr(0, batch.size() - 1), 1 << 20, [](auto...) {}),
                     Catch::Matchers::Contains("truncated"));
+}
+
+// ---- one rank's side without MPI: the pool thread fed from a queue, and rank 0 alone
+
+#include <pfp/detail/mpi_run.hpp>
+
+namespace {
+
+// A Transport of one rank: the handshake sees only itself, and no message ever travels.
+struct Alone final : pfp::detail::Transport {
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  void allgather(const void* mine, std::size_t n, std::string& all) override { all.assign(static_cast<const char*>(mine), n); }
+  void send(int, int, const char*, std::size_t, std::shared_ptr<const void>) override { throw pfp::error("no peer"); }
+  bool sending() override { return false; }
+  bool probe(int&, int&, std::size_t&) override { return false; }
+  void recv(int, int, char*, std::size_t) override { throw pfp::error("no peer"); }
+  void flush() override {}
+};
+
+}  // namespace
+
+TEST_CASE("a rank's share: runs and single tasks with payloads each get one Result, with the run's seq") {
+  pfp::detail::FeedRunner run = [](const pfp::detail::TaskView& t, pfp::Result& r) {
+    if (t.payload == "xyz") throw std::runtime_error("xyz");
+    r.result = pfp::Value(static_cast<long long>(t.fn) * 10 + static_cast<long long>(t.payload.size()));
+  };
+  pfp::Options o;
+  o.workers = 2;
+  pfp::detail::RankShare share(run, o, 3);
+  share.start();
+  share.add(100, 0, 500);          // a run: seqs 100..599, fns 0..499
+  share.add(600, 7, 1, "xyz");     // one task with a payload
+  share.add(601, 2, 1, "ab");
+  share.finish();
+  std::vector<pfp::Result> got;
+  while (!share.ended()) {
+    ::poll(nullptr, 0, 1);
+    share.take(got);
+  }
+  share.take(got);
+  share.join();
+  REQUIRE(got.size() == 502);
+  std::map<std::size_t, pfp::Result> by_seq;
+  for (pfp::Result& r : got) by_seq[r.index] = std::move(r);
+  REQUIRE(by_seq.size() == 502);
+  for (std::size_t seq = 100; seq < 600; ++seq) {
+    CHECK(by_seq[seq].result == pfp::Value(static_cast<long long>(seq - 100) * 10));
+    CHECK(by_seq[seq].rank == 3);
+  }
+  CHECK(by_seq[600].status == pfp::Status::exception);
+  CHECK(by_seq[601].result == pfp::Value(22));
+  CHECK(share.outstanding() == 0);
+}
+
+TEST_CASE("rank 0 alone runs a MultiProcessor's list like the process backend, cancel included") {
+  Alone alone;
+  std::vector<pfp::Result> results;
+  const std::size_t n = 3000;
+  results.reserve(n);
+  auto name_of = [](std::size_t i) { return "f" + std::to_string(i); };
+  pfp::detail::ListFeed<decltype(name_of)> feed(results, n, name_of);
+  pfp::detail::FeedRunner run = [](const pfp::detail::TaskView& t, pfp::Result& r) {
+    if (t.fn % 100 == 5) throw std::invalid_argument("no");
+    r.result = pfp::Value(static_cast<long long>(t.fn));
+  };
+  pfp::Options o;
+  o.workers = 2;
+  pfp::detail::run_feed_ranks(alone, run, o, feed, nullptr);
+  REQUIRE(results.size() == n);
+  for (std::size_t i = 0; i < n; ++i) {
+    INFO(i << ": " << results[i].error);
+    CHECK(results[i].function_name == name_of(i));
+    CHECK(results[i].status == (i % 100 == 5 ? pfp::Status::exception : pfp::Status::ok));
+    if (i % 100 != 5) CHECK(results[i].result == pfp::Value(static_cast<long long>(i)));
+    CHECK(results[i].pid != 0);
+  }
+
+  // cancelled mid-run: running tasks are killed, the rest never start; every Result is there
+  std::vector<pfp::Result> slow;
+  slow.reserve(20);
+  pfp::detail::ListFeed<decltype(name_of)> slow_feed(slow, 20, name_of);
+  pfp::detail::FeedRunner sleeper = [](const pfp::detail::TaskView&, pfp::Result&) { ::poll(nullptr, 0, 30000); };
+  pfp::detail::CancelState cancel;
+  cancel.open();
+  std::thread stop([&] {
+    ::poll(nullptr, 0, 300);
+    cancel.request();
+  });
+  const auto t0 = std::chrono::steady_clock::now();
+  pfp::detail::run_feed_ranks(alone, sleeper, o, slow_feed, &cancel);
+  stop.join();
+  cancel.close();
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(10));
+  REQUIRE(slow.size() == 20);
+  for (const pfp::Result& r : slow) CHECK(r.status == pfp::Status::cancelled);
+}
+
+TEST_CASE("rank 0 refuses the batch Manager's feed (a side channel) before any handshake") {
+  struct Side final : pfp::detail::Feed {
+    std::optional<pfp::detail::Task> pull() override { return std::nullopt; }
+    bool finished() override { return true; }
+    void deliver(std::uint64_t, pfp::Result&&) override {}
+    int side_fd() const override { return 0; }
+  } side;
+  Alone alone;
+  pfp::Options o;
+  CHECK_THROWS_WITH(pfp::detail::run_feed_ranks(alone, [](const pfp::detail::TaskView&, pfp::Result&) {}, o, side, nullptr),
+                    Catch::Matchers::Contains("the batch Manager"));
 }

@@ -211,13 +211,13 @@ TEST_CASE("10,000 mixed functions: one Result each, in order, spread over every 
 TEST_CASE("a 1 GiB result arrives intact from the last rank", "[big]") {
   const int size = session().size();
   const int me = session().rank();
-  const std::size_t big = std::size_t{1} << 30;
+  constexpr std::size_t big = std::size_t{1} << 30;
   pfp::MultiProcessor<> mp({}, mpi_options());
   // Rank k's first window is tasks 4k .. 4k+3 (two workers, two tasks each): task 4(size-1) runs on
   // the last rank; only that rank's copy of it makes the big string.
   const int target = 4 * (size - 1);
   for (int i = 0; i < 4 * size; ++i)
-    mp.register_function("b" + std::to_string(i), [i, me, target, size, big](const pfp::Value&, const pfp::Args&) -> pfp::Value {
+    mp.register_function("b" + std::to_string(i), [i, me, target, size](const pfp::Value&, const pfp::Args&) -> pfp::Value {
       if (i != target || me != size - 1) return i;
       std::string s(big, '\0');
       for (std::size_t j = 0; j < big; j += 4096) s[j] = static_cast<char>((j >> 12) * 131u);

@@ -4,7 +4,7 @@
 // Rank 0 of a Backend::mpi run (see mpi_run.hpp): it pulls the front end's Feed and hands every
 // rank, itself included, batches of tasks so that each holds a window of them: two per worker
 // at first, then as many as fill ~20 ms of each worker's time at the mean duration seen so far
-// (at most max_run per worker), topped up once half of it is done. Results are filed as they
+// (at most 16 * max_run per worker), topped up once half of it is done. Results are filed as they
 // come: in the feed's places (Feed::pull_run) or through Feed::deliver.
 
 #include <pfp/detail/mpi_run.hpp>
@@ -98,7 +98,8 @@ class RootRun {
 
   std::size_t window(const Rank& r) const {
     std::size_t per_worker = 2;
-    if (mean_ns_ > 0) per_worker = static_cast<std::size_t>(std::clamp(20e6 / mean_ns_, 2.0, static_cast<double>(max_run)));
+    // Up to 16 pool runs a worker: short tasks then cost one round trip per ~16k of them.
+    if (mean_ns_ > 0) per_worker = static_cast<std::size_t>(std::clamp(20e6 / mean_ns_, 2.0, 16.0 * max_run));
     return r.workers * per_worker;
   }
 
