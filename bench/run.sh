@@ -33,7 +33,7 @@ while [[ $# -gt 0 ]]; do
     --scaling) scaling=1 ;;
     --runs) runs="${2:?--runs needs a number}"; shift ;;
     --out) out="${2:?--out needs a directory}"; shift ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
   esac
   shift
