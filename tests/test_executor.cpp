@@ -355,10 +355,10 @@ TEST_CASE("executor: when no worker can start, start() and submit() throw with t
   ChildOutcome o = run_in_child([] {
     pfp::Executor ex(executor_options(2));
     auto id = ex.declare("id", [](int n) { return n; });
-    // Take every descriptor but the four the executor's own wake-up and cancel pipes need.
+    // Take every descriptor but the six the executor's own wake-up, control and cancel pipes need.
     std::vector<int> hog;
     for (int fd; (fd = ::dup(0)) >= 0;) hog.push_back(fd);
-    for (int k = 0; k < 4 && !hog.empty(); ++k) {
+    for (int k = 0; k < 6 && !hog.empty(); ++k) {
       ::close(hog.back());
       hog.pop_back();
     }

@@ -8,6 +8,7 @@
 // as_completed(), wait_any() and wait_all() work over sets of them; next_completed() streams
 // Results to a consumer while a producer is still submitting, with a bounded queue between them.
 
+#include <pfp/detail/callable.hpp>
 #include <pfp/detail/run_feed.hpp>
 #include <pfp/detail/posix.hpp>
 #include <pfp/detail/wake_pipe.hpp>
@@ -30,6 +31,7 @@
 #include <mutex>
 #include <optional>
 #include <queue>
+#include <shared_mutex>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -45,50 +47,6 @@ namespace pfp {
 namespace mpi {
 class Session;  // serves an Executor's submissions on the ranks other than 0 (<pfp/mpi.hpp>)
 }
-
-namespace detail {
-
-// The parameter and return types of a callable with exactly one operator() (not a generic lambda).
-template <class T, class = void>
-struct has_single_call_operator : std::false_type {};
-template <class T>
-struct has_single_call_operator<T, std::void_t<decltype(&T::operator())>> : std::true_type {};
-
-template <class T, class = void>
-struct callable_traits {
-  static constexpr bool known = false;
-};
-template <class R, class... A>
-struct callable_traits<R (*)(A...), void> {
-  static constexpr bool known = true;
-  using result = R;
-  using args = std::tuple<std::decay_t<A>...>;
-};
-template <class R, class... A>
-struct callable_traits<R(A...), void> : callable_traits<R (*)(A...)> {};
-template <class C, class R, class... A>
-struct callable_traits<R (C::*)(A...) const, void> : callable_traits<R (*)(A...)> {};
-template <class C, class R, class... A>
-struct callable_traits<R (C::*)(A...), void> : callable_traits<R (*)(A...)> {};
-template <class T>
-struct callable_traits<T, std::enable_if_t<std::is_class_v<T> && has_single_call_operator<T>::value>>
-    : callable_traits<decltype(&T::operator())> {};
-
-// Calls f with the elements of the Value array `args`, each read as the parameter's type.
-template <class R, class Tuple, class F, std::size_t... I>
-Value call_with_value_args(F& f, const Value& args, std::index_sequence<I...>) {
-  if (args.size() != sizeof...(I))
-    throw error("pfp: the task got " + std::to_string(args.size()) + " arguments; its function takes " +
-                std::to_string(sizeof...(I)));
-  if constexpr (std::is_void_v<R>) {
-    f(args.at(I).template as<std::tuple_element_t<I, Tuple>>()...);
-    return Value();
-  } else {
-    return Value(f(args.at(I).template as<std::tuple_element_t<I, Tuple>>()...));
-  }
-}
-
-}  // namespace detail
 
 /// A declared function: what Executor::submit() takes. R is its return type, A its parameters.
 template <class R, class... A>
@@ -108,6 +66,34 @@ struct ExecutorOptions {
   bool stream_results = false;
 };
 
+/// Per-submission settings (Executor::submit_with).
+struct Submission {
+  /// Higher starts first when every worker is busy (as submit_with_priority()).
+  int priority = 0;
+  /// This task's wall-clock limit in place of Options::timeout (0: the Options' one), like
+  /// pebble's schedule(timeout=): past it the task is killed with its process group and reported
+  /// Status::timed_out. Backend::processes only: the threads and inline backends enforce no
+  /// timeout (a thread cannot be killed).
+  std::chrono::milliseconds timeout{0};
+};
+
+/// One worker, as Executor::status() sees it.
+struct ExecutorWorker {
+  int pid = 0;                                    ///< its process (threads and inline: this process)
+  std::optional<std::size_t> task;                ///< the index (Result::index) of the submission it runs
+  std::string function;                           ///< the name of that submission's function
+  std::chrono::steady_clock::time_point since{};  ///< when that submission began
+};
+
+/// A moment's view of an Executor (Executor::status()).
+struct ExecutorStatus {
+  std::size_t queued = 0;   ///< submitted and not begun (with processes: held by a worker ahead of time included)
+  std::size_t running = 0;  ///< begun, without a verdict yet
+  /// Processes: every live worker, an idle one without a task. Threads and inline: one entry per
+  /// running submission (the pool's threads are not told apart).
+  std::vector<ExecutorWorker> workers;
+};
+
 /// A pool of workers that runs submitted tasks until shut down, like concurrent.futures'
 /// ProcessPoolExecutor (Options::backend picks processes, threads or inline).
 ///
@@ -122,20 +108,26 @@ struct ExecutorOptions {
 /// With Backend::processes the pool runs a background thread of this process, which forks the
 /// workers at start() and replaces dead or retired ones later: start the Executor before other
 /// threads that hold locks a function needs (see Options::threads).
-class Executor {
+class Executor : private detail::FutureOwner {
  public:
   /// Throws pfp::error if options are invalid.
   explicit Executor(Options options = Options{}, ExecutorOptions queue = ExecutorOptions{})
-      : options_(options), queue_options_(queue) {
+      : options_(options), queue_options_(queue), link_(std::make_shared<detail::FutureLink>()) {
     detail::validate(options_);
     options_.threads = ThreadPolicy::allow;  // the pool's own thread is the one that forks
+    link_->owner = this;
   }
 
+  /// Shuts down and waits. A done callback's exception that shutdown() did not rethrow is
+  /// written to stderr (a destructor cannot throw).
   ~Executor() {
     try {
       shutdown();
     } catch (...) {
+      report_lost(std::current_exception());
     }
+    std::unique_lock<std::shared_mutex> lock(link_->mutex);
+    link_->owner = nullptr;
   }
   Executor(const Executor&) = delete;
   Executor& operator=(const Executor&) = delete;
@@ -188,11 +180,37 @@ class Executor {
   /// submit() with a priority: higher starts first when workers are busy.
   template <class R, class... A, class... Given>
   Future<R> submit_with_priority(int priority, const Function<R, A...>& fn, Given&&... args) {
+    Submission how;
+    how.priority = priority;
+    return submit_with(how, fn, std::forward<Given>(args)...);
+  }
+
+  /// submit() with per-submission settings: a priority, a timeout of its own (see Submission).
+  /// Throws like submit(), and pfp::error for a negative timeout.
+  template <class R, class... A, class... Given>
+  Future<R> submit_with(const Submission& how, const Function<R, A...>& fn, Given&&... args) {
     static_assert(sizeof...(A) == sizeof...(Given), "pfp::Executor::submit: wrong number of arguments for this function");
+    if (how.timeout.count() < 0)
+      throw error("pfp::Submission::timeout is negative (" + std::to_string(how.timeout.count()) +
+                  " ms); use 0 for Options::timeout");
     Value packed = Value::array();
     (packed.push_back(pack_argument<A>(std::forward<Given>(args))), ...);
-    return Future<R>(enqueue(fn.id, priority, encode(packed)));
+    return Future<R>(enqueue(fn.id, how, encode(packed)));
   }
+
+  /// Like concurrent.futures.Executor.map: submits fn for every item of `items` (the argument,
+  /// or a std::tuple of the arguments for a function of several), then returns what each
+  /// returned, in input order. `timeout`, counted from the call, bounds the whole. Throws
+  /// pfp::task_error for the first item, in input order, that did not return normally, and
+  /// pfp::error once the timeout passes before every value is there; either way the
+  /// submissions still without a verdict are cancelled first (Future::cancel()).
+  template <class R, class... A, class Range>
+  std::vector<R> map(const Function<R, A...>& fn, const Range& items, std::optional<std::chrono::milliseconds> timeout = std::nullopt);
+
+  /// Queued and running counts and what each worker runs, since when (see ExecutorStatus).
+  /// With Backend::processes it asks the pool's thread (a round trip); from a done callback that
+  /// runs in that thread it reports no workers. Thread-safe.
+  ExecutorStatus status();
 
   /// The next completed Result, in completion order; blocks until one is there. Returns nullopt
   /// once close() was called and every submission's Result was taken; then rethrows the error
@@ -230,15 +248,24 @@ class Executor {
 
   /// Stops taking work and waits for the pool to end. With cancel_pending, tasks that have not
   /// started end as Status::cancelled; otherwise they run first. Running tasks finish. Returns
-  /// once every worker has been reaped. Idempotent.
+  /// once every worker has been reaped. Idempotent. Then rethrows the first exception a done
+  /// callback (Future::add_done_callback) threw in another thread, if any.
   void shutdown(bool cancel_pending = false) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       if (cancel_pending) cancel_queued_locked("cancelled before it started: the executor was shut down");
     }
+    settle_set_aside();
     close();
     if (runner_.joinable()) runner_.join();
     inline_worker_.end();  // Backend::inline_: its finalizer (the pool's workers ran theirs)
+    settle_set_aside();
+    std::exception_ptr failed;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      failed = std::exchange(callback_error_, nullptr);
+    }
+    if (failed) std::rethrow_exception(failed);
   }
 
   /// Stops everything now: queued tasks are cancelled, running ones killed (processes) with their
@@ -251,6 +278,7 @@ class Executor {
       closed_ = true;
       cancel_queued_locked("cancelled before it started");
     }
+    settle_set_aside();
     cancel_state_.request();
     close();
   }
@@ -265,6 +293,7 @@ class Executor {
   };
   struct Waiting {
     int priority;
+    std::chrono::milliseconds timeout;
     std::uint64_t order;
     std::uint64_t fn;
     std::shared_ptr<std::string> payload;
@@ -277,6 +306,7 @@ class Executor {
     std::uint64_t fn;
     std::shared_ptr<detail::FutureState> state;
     std::uint64_t order;  // the submission's number: its Result's index
+    std::chrono::steady_clock::time_point since{};  // when it was pulled (threads, inline: when it began)
   };
 
   // As given when it converts to a Value (the worker's as<A>() then checks ranges), else as A.
@@ -295,68 +325,10 @@ class Executor {
     return Function<R, A...>{id, std::move(name)};
   }
 
-  // The Feed the backend pulls from: every call comes from the backend's thread.
-  class QueueFeed final : public detail::Feed {
-   public:
-    // Each run of a backend numbers its tasks from 0; the executor's count goes on across runs
-    // (the inline backend runs once per submit()).
-    explicit QueueFeed(Executor& ex) : ex_(ex) {
-      std::lock_guard<std::mutex> lock(ex_.mutex_);
-      base_ = ex_.pulls_;
-    }
-    std::optional<detail::Task> pull() override {
-      ex_.drain_wake();
-      std::lock_guard<std::mutex> lock(ex_.mutex_);
-      if (ex_.waiting_.empty()) return std::nullopt;
-      Waiting w = ex_.waiting_.top();
-      ex_.waiting_.pop();
-      ex_.pulled_.emplace(ex_.pulls_++, Pulled{w.fn, std::move(w.state), w.order});
-      if (!ex_.queue_options_.stream_results) ex_.space_cv_.notify_all();
-      return detail::Task{w.fn, std::move(*w.payload), w.priority};
-    }
-    std::optional<int> next_priority() override {
-      std::lock_guard<std::mutex> lock(ex_.mutex_);
-      if (ex_.waiting_.empty()) return std::nullopt;
-      return ex_.waiting_.top().priority;
-    }
-    bool finished() override {
-      std::lock_guard<std::mutex> lock(ex_.mutex_);
-      return ex_.waiting_.empty() && (ex_.closed_ || ex_.draining_inline_);
-    }
-    int wake_fd() const override { return ex_.wake_.read_fd(); }
-    std::uint64_t signature() const override { return ex_.signature(); }
-    void workers_started() override {
-      {
-        std::lock_guard<std::mutex> lock(ex_.mutex_);
-        ex_.workers_forked_ = true;
-      }
-      ex_.forked_cv_.notify_all();
-    }
-    void deliver(std::uint64_t seq, Result&& r) override {
-      std::shared_ptr<detail::FutureState> state;
-      {
-        std::lock_guard<std::mutex> lock(ex_.mutex_);
-        auto it = ex_.pulled_.find(base_ + seq);
-        state = std::move(it->second.state);
-        r.function_name = ex_.functions_[it->second.fn].name;
-        r.index = static_cast<std::size_t>(it->second.order);
-        ex_.pulled_.erase(it);
-      }
-      if (!ex_.queue_options_.stream_results) ex_.space_cv_.notify_all();
-      ex_.complete(*state, std::move(r));
-    }
-    // The backend stops pulling for good (cancelled, or it cannot start a worker): what waits is
-    // cancelled, and an executor nobody closed has failed, so later submissions are refused.
-    void drop_rest(const std::string& why) override {
-      std::lock_guard<std::mutex> lock(ex_.mutex_);
-      ex_.fail_locked(why);
-      ex_.cancel_queued_locked(why);
-    }
-
-   private:
-    Executor& ex_;
-    std::uint64_t base_ = 0;
-  };
+  // The Feed the backend pulls from: every call comes from the backend's thread (see
+  // detail/executor_control.hpp).
+  class QueueFeed;
+  friend class QueueFeed;
 
   void start_locked(std::unique_lock<std::mutex>& lock) {
     if (started_) {
@@ -368,8 +340,10 @@ class Executor {
     try {
       wake_.open();
       if (detail::runs_in_caller(options_)) return;  // runs in submit()
+      if (detail::serves_requests(options_)) control_.open();
       cancel_state_.open();
       runner_ = std::thread([this] { run_pool(); });
+      pool_running_ = true;
     } catch (...) {
       // Without its pipes or its thread no pool will ever answer: refuse every submission.
       cancel_state_.close();
@@ -381,28 +355,7 @@ class Executor {
     if (failure_) throw error("pfp::Executor: the pool has failed: " + *failure_);
   }
 
-  void run_pool() {
-    QueueFeed feed(*this);
-    try {
-      detail::run_feed(task_runner(), options_, feed, &cancel_state_);
-    } catch (...) {
-      const std::string why = detail::describe_current_exception();
-      std::lock_guard<std::mutex> lock(mutex_);
-      failure_ = why;  // what the backend threw says most (over what its drop_rest() said)
-      closed_ = true;
-      cancel_queued_locked("not run: the pool failed: " + why);
-    }
-    {
-      // However the backend ended, nothing may wait for it now.
-      std::lock_guard<std::mutex> lock(mutex_);
-      fail_locked("the pool ended");
-      cancel_queued_locked("not run: the pool has ended");
-    }
-    cancel_state_.close();
-    completed_cv_.notify_all();
-    space_cv_.notify_all();
-    forked_cv_.notify_all();
-  }
+  void run_pool();
 
   // The declared names, hashed: what every rank of a Backend::mpi pool must have alike.
   std::uint64_t signature() {
@@ -419,8 +372,11 @@ class Executor {
     };
   }
 
-  std::shared_ptr<detail::FutureState> enqueue(std::uint64_t fn, int priority, std::string payload) {
+  std::shared_ptr<detail::FutureState> enqueue(std::uint64_t fn, const Submission& how, std::string payload) {
     auto state = std::make_shared<detail::FutureState>();
+    state->link = link_;
+    state->submitted = true;
+    state->fn = fn;
     {
       std::unique_lock<std::mutex> lock(mutex_);
       if (closed_ && started_) start_locked(lock);  // throws the reason
@@ -431,7 +387,8 @@ class Executor {
         if (closed_) throw error("pfp::Executor::submit: the executor was closed while this submission waited for room");
       }
       ++submitted_;
-      waiting_.push(Waiting{priority, order_++, fn, std::make_shared<std::string>(std::move(payload)), state});
+      state->order = order_;
+      waiting_.push(Waiting{how.priority, how.timeout, order_++, fn, std::make_shared<std::string>(std::move(payload)), state});
     }
     if (detail::runs_in_caller(options_)) {
       run_inline_now();
@@ -442,27 +399,13 @@ class Executor {
   }
 
   // Inline backend: the caller runs what is queued, now.
-  void run_inline_now() {
-    QueueFeed feed(*this);
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      draining_inline_ = true;
-    }
-    struct Done {
-      Executor& ex;
-      ~Done() {
-        std::lock_guard<std::mutex> lock(ex.mutex_);
-        ex.draining_inline_ = false;
-      }
-    } done{*this};
-    detail::run_feed(task_runner(), options_, feed, nullptr, &inline_worker_);
-  }
+  void run_inline_now();
 
   std::size_t outstanding_locked() const {
     if (queue_options_.stream_results) return submitted_ - taken_;
     // Pulled by the pool: at most one per worker runs, the rest wait in the workers' queues.
     const std::size_t running = std::min(pulled_.size(), static_cast<std::size_t>(detail::effective_workers(options_)));
-    return waiting_.size() + pulled_.size() - running;
+    return waiting_.size() - withdrawn_waiting_ + pulled_.size() - running;
   }
 
   void complete(detail::FutureState& state, Result&& r) {
@@ -484,22 +427,37 @@ class Executor {
     closed_ = true;
   }
 
-  void cancel_queued_locked(const std::string& why) {
-    while (!waiting_.empty()) {
-      Waiting w = waiting_.top();
-      waiting_.pop();
-      Result r;
-      r.function_name = functions_[w.fn].name;
-      r.index = static_cast<std::size_t>(w.order);
-      r.status = Status::cancelled;
-      r.error = why;
-      if (queue_options_.stream_results) {
-        completed_.push_back(r);
-        completed_cv_.notify_all();
-      }
-      detail::fulfil(*w.state, std::move(r));
+  Result cancelled_result(std::uint64_t fn, std::uint64_t order, const std::string& why) const {
+    Result r;
+    r.function_name = functions_[fn].name;
+    r.index = static_cast<std::size_t>(order);
+    r.status = Status::cancelled;
+    r.error = why;
+    return r;
+  }
+
+  // Every waiting submission is cancelled; their futures are fulfilled by settle_set_aside(),
+  // once the lock is released (their callbacks may call the executor).
+  void cancel_queued_locked(const std::string& why);
+  void settle_set_aside();
+
+  // detail::FutureOwner: what a Future asks (detail/executor_control.hpp).
+  bool cancel(detail::FutureState& s, std::optional<Result>& settle) override;
+  bool running(const detail::FutureState& s) override;
+  void callback_failed(std::exception_ptr e) noexcept override;
+  static void report_lost(std::exception_ptr e) noexcept;
+  bool ready_locked(const detail::FutureState& s) const;
+  // What the pool's workers do now (processes), asked through the control pipe; nullopt if the
+  // pool does not answer (not running, or busy starting workers for seconds).
+  std::optional<std::vector<detail::WorkerView>> ask_pool(std::unique_lock<std::mutex>& lock);
+
+  template <class R, class... A, class Item>
+  Future<R> submit_item(const Function<R, A...>& fn, const Item& item) {
+    if constexpr (sizeof...(A) == 1) {
+      return submit(fn, item);
+    } else {
+      return std::apply([&](const auto&... args) { return submit(fn, args...); }, item);
     }
-    space_cv_.notify_all();
   }
 
   void wake() noexcept { wake_.ring(); }
@@ -507,30 +465,44 @@ class Executor {
 
   Options options_;
   ExecutorOptions queue_options_;
+  std::shared_ptr<detail::FutureLink> link_;  // shared with every Future handed out
   std::vector<Declared> functions_;  // fixed once started
   std::mutex mutex_;
   std::condition_variable space_cv_;      // room in the queue
   std::condition_variable completed_cv_;  // a Result for next_completed(), or the end
   std::condition_variable forked_cv_;     // the pool forked its first workers (or failed)
+  std::condition_variable report_cv_;     // the pool reported its workers (or ended)
   bool workers_forked_ = false;
   std::priority_queue<Waiting> waiting_;
+  std::size_t withdrawn_waiting_ = 0;  // entries of waiting_ cancelled by Future::cancel(), skipped when pulled
   std::unordered_map<std::uint64_t, Pulled> pulled_;
+  std::vector<std::pair<std::shared_ptr<detail::FutureState>, Result>> set_aside_;  // see cancel_queued_locked()
   std::deque<Result> completed_;
   std::uint64_t order_ = 0;
   std::uint64_t pulls_ = 0;
+  std::uint64_t feed_base_ = 0;  // pulls_ when the backend's current run began: its seq 0
   std::size_t submitted_ = 0;
   std::size_t taken_ = 0;
   bool started_ = false;
   bool closed_ = false;
   bool draining_inline_ = false;
+  bool pool_running_ = false;  // the pool's thread runs the backend
+  std::vector<std::uint64_t> cancel_requests_;  // pulls_ numbers of running tasks to stop (processes)
+  bool report_wanted_ = false;
+  std::uint64_t report_count_ = 0;  // reports the pool gave
+  std::vector<detail::WorkerView> report_;
   std::optional<std::string> failure_;
   std::exception_ptr producer_error_;
-  detail::WakePipe wake_;  // rung by submit(), close() and shutdown(): the pool's feed has news
+  std::exception_ptr callback_error_;  // the first a done callback threw in another thread
+  detail::WakePipe wake_;     // rung by submit(), close() and shutdown(): the pool's feed has news
+  detail::WakePipe control_;  // rung by Future::cancel(), running() and status(): requests for the pool (processes)
   detail::CancelState cancel_state_;
   std::thread runner_;
   detail::KeptWorker inline_worker_{options_};  // Backend::inline_: one worker from the first submit() to shutdown
 };
 
 }  // namespace pfp
+
+#include <pfp/detail/executor_control.hpp>  // IWYU pragma: export
 
 #endif  // PFP_EXECUTOR_HPP

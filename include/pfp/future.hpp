@@ -4,6 +4,7 @@
 // pfp::Future: the outcome of a task submitted to an Executor, and waiting on sets of them
 // (wait_any, wait_all, as_completed), like concurrent.futures.
 
+#include <pfp/detail/posix.hpp>
 #include <pfp/error.hpp>
 #include <pfp/result.hpp>
 #include <pfp/value.hpp>
@@ -11,10 +12,15 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <shared_mutex>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -55,17 +61,91 @@ struct FutureHub {
   }
 };
 
-struct FutureState {
-  std::optional<Result> result;  // guarded by FutureHub::mutex
+struct FutureState;
+
+// What a Future asks of the executor it came from (implemented by Executor).
+class FutureOwner {
+ public:
+  // True if the task will end cancelled; `settle` gets the verdict when it is known now (the
+  // caller fulfils the future with it, outside every lock).
+  virtual bool cancel(FutureState& s, std::optional<Result>& settle) = 0;
+  virtual bool running(const FutureState& s) = 0;
+  virtual void callback_failed(std::exception_ptr e) noexcept = 0;
+
+ protected:
+  ~FutureOwner() = default;
 };
 
+// Shared by an executor and its futures, which may outlive it: calls reach the executor only
+// while it exists (the executor clears `owner`, under an exclusive lock, once it has shut down;
+// calls hold a shared one, so they never wait for each other).
+struct FutureLink {
+  std::shared_mutex mutex;
+  FutureOwner* owner = nullptr;
+};
+
+struct FutureState {
+  static constexpr std::uint64_t not_pulled = ~std::uint64_t{0};
+  std::optional<Result> result;                  // guarded by FutureHub::mutex
+  std::vector<std::function<void()>> callbacks;  // guarded by FutureHub::mutex; run once result is set
+  std::shared_ptr<FutureLink> link;              // set before the Future is handed out
+  // Set before the Future is handed out, then guarded by the executor's mutex:
+  bool submitted = false;  // a submission of the executor's own (not a then() future)
+  bool withdrawn = false;  // cancelled while it waited in the executor: never pulled
+  std::uint64_t fn = 0;
+  std::uint64_t order = 0;                       // the submission's number
+  std::uint64_t pulled_as = not_pulled;          // the executor's count of pulls when it was pulled
+};
+
+// What a callback threw goes to the executor the future came from (which keeps it for
+// shutdown()), or to stderr once that executor is gone.
+inline void callback_failed(const FutureState& state, std::exception_ptr e) noexcept {
+  if (state.link) {
+    std::shared_lock<std::shared_mutex> lock(state.link->mutex);
+    if (state.link->owner) {
+      state.link->owner->callback_failed(e);
+      return;
+    }
+  }
+  try {
+    std::rethrow_exception(e);
+  } catch (...) {
+    const std::string msg = "pfp: a future's done callback threw after its executor was gone: " + describe_current_exception() + "\n";
+    [[maybe_unused]] bool ignored = write_all(2, msg.data(), msg.size());
+  }
+}
+
+// Sets the verdict, wakes every waiter, then runs the callbacks in this thread (outside every
+// lock of pfp's: a callback may submit, or add callbacks).
 inline void fulfil(FutureState& state, Result&& r) {
   FutureHub& hub = FutureHub::instance();
+  std::vector<std::function<void()>> callbacks;
   {
     std::lock_guard<std::mutex> lock(hub.mutex);
     state.result = std::move(r);
+    callbacks.swap(state.callbacks);
   }
   hub.done.notify_all();
+  for (auto& callback : callbacks) {
+    try {
+      callback();
+    } catch (...) {
+      callback_failed(state, std::current_exception());
+    }
+  }
+}
+
+// Runs `callback` once `state` has its verdict: now, in this thread (what it throws goes to the
+// caller), or later in the thread that fulfils it.
+inline void when_done(FutureState& state, std::function<void()> callback) {
+  {
+    std::lock_guard<std::mutex> lock(FutureHub::instance().mutex);
+    if (!state.result) {
+      state.callbacks.push_back(std::move(callback));
+      return;
+    }
+  }
+  callback();
 }
 
 }  // namespace detail
@@ -121,6 +201,80 @@ class Future {
     } else {
       return r.result.template as<T>();
     }
+  }
+
+  /// Cancels this one task. One that has not begun never runs: its Result is Status::cancelled
+  /// ("cancelled before it started") at once, or, with Backend::processes when a worker held it
+  /// already, within a turn of the pool. With Backend::processes one that runs is killed with its
+  /// worker and everything it started, Status::cancelled. Returns true when the task ends so (a
+  /// running one may still finish first: see result()); false when it has a verdict already, is
+  /// running on the threads or inline backend (a thread cannot be stopped), or came from then().
+  /// Thread-safe.
+  bool cancel() const {
+    check();
+    if (!state_->link) return false;
+    std::optional<Result> settle;
+    bool taken = false;
+    {
+      std::shared_lock<std::shared_mutex> lock(state_->link->mutex);
+      taken = state_->link->owner && state_->link->owner->cancel(*state_, settle);
+    }
+    if (settle) detail::fulfil(*state_, std::move(*settle));
+    return taken;
+  }
+
+  /// True while the task runs: it has begun and has no verdict yet. With Backend::processes
+  /// this asks the pool's thread (a round trip of a few microseconds when it is idle).
+  bool running() const {
+    check();
+    if (!state_->link) return false;
+    std::shared_lock<std::shared_mutex> lock(state_->link->mutex);
+    return state_->link->owner && state_->link->owner->running(*state_);
+  }
+
+  /// Calls f(future) (f takes a const Future<T>&) once the task has its verdict, whatever it is.
+  /// Where f runs: at once in this thread if the verdict is there (what f throws then goes to the
+  /// caller); else in the thread that gives the verdict -- the pool's thread (processes), the
+  /// thread that ran the task (threads), the thread that submitted it (inline), or the thread
+  /// that cancelled it (cancel(), shutdown(true)). What f throws there is never lost: the
+  /// Executor keeps the first such exception and shutdown() rethrows it (its destructor, which
+  /// cannot throw, writes it to stderr). f must be quick and must not wait for the executor (a
+  /// submit() into a full queue, get() of a future that is not ready): the pool waits for f.
+  template <class F>
+  void add_done_callback(F f) const {
+    check();
+    detail::when_done(*state_, [self = *this, f = std::move(f)]() mutable { f(self); });
+  }
+
+  /// A Future of what f(future) returns (f takes a const Future<T>&; its return type U must
+  /// convert to pfp::Value, or be void), completed when f has run, where add_done_callback()'s
+  /// f would. What f throws is that Future's Result (Status::exception, "<type>: what()"):
+  /// never lost. The Result keeps this task's function_name and index.
+  template <class F>
+  auto then(F f) const {
+    check();
+    using U = std::invoke_result_t<F&, const Future<T>&>;
+    auto next = std::make_shared<detail::FutureState>();
+    next->link = state_->link;
+    detail::when_done(*state_, [self = *this, next, f = std::move(f)]() mutable {
+      Result r;
+      r.function_name = self.state_->result->function_name;
+      r.index = self.state_->result->index;
+      try {
+        if constexpr (std::is_void_v<U>) {
+          f(self);
+        } else {
+          r.result = Value(f(self));
+        }
+        r.status = Status::ok;
+      } catch (...) {
+        r.status = Status::exception;
+        r.result = Value();
+        r.error = detail::describe_current_exception();
+      }
+      detail::fulfil(*next, std::move(r));
+    });
+    return Future<U>(std::move(next));
   }
 
  private:

@@ -9,6 +9,8 @@
 #include <pfp/options.hpp>
 #include <pfp/result.hpp>
 
+#include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <algorithm>
 #include <functional>
@@ -17,6 +19,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 namespace pfp {
 
@@ -28,6 +31,18 @@ struct Task {
   std::uint64_t fn = 0;
   std::string payload;
   int priority = 0;  ///< higher begins first among tasks that have not begun (see Feed::next_priority)
+  /// This task's wall-clock limit in place of Options::timeout (0: the Options' one). Enforced by
+  /// the process backend only, like Options::timeout.
+  std::chrono::milliseconds timeout{0};
+};
+
+/// What one worker of the process backend is doing, for Feed::report().
+struct WorkerView {
+  int pid = 0;
+  unsigned slot = 0;                             ///< as TaskView::worker
+  std::optional<std::uint64_t> running;          ///< the seq of the task it runs, if it runs one
+  std::chrono::steady_clock::time_point since{};  ///< when that task began
+  std::size_t held = 0;                          ///< tasks it holds, the running one included
 };
 
 /// What a worker is given to run one task.
@@ -114,6 +129,18 @@ class Feed {
   /// rethrows.
   virtual int side_fd() const { return -1; }
   virtual void side_ready() {}
+
+  /// Asked by the process backend after each side_ready(): tasks the front end wants stopped
+  /// (their seqs, appended to `out`). One that has not begun never runs and is delivered
+  /// Status::cancelled; a running one is killed with its worker and delivered cancelled; one
+  /// already delivered is ignored. The threads and inline backends never ask (they cannot stop
+  /// a running task; a front end withdraws what it has not given itself).
+  virtual void withdrawn(std::vector<std::uint64_t>& /*out*/) {}
+
+  /// Asked by the process backend after each side_ready(): whether the front end wants to know
+  /// what the workers do now; if so report() gets one WorkerView per live worker, at once.
+  virtual bool wants_report() { return false; }
+  virtual void report(const std::vector<WorkerView>& /*workers*/) {}
 };
 
 /// A user's callback that a feed hands results to (on_result, a Manager's logger). What it throws

@@ -174,15 +174,29 @@ class Pool {
     }
   }
 
-  // What tasks sent besides their results (Feed::side_fd) goes to the feed as it comes.
+  // What tasks sent besides their results (Feed::side_fd) goes to the feed as it comes; then the
+  // feed's requests about tasks it gave (pool_control.hpp).
   void serve_side() {
-    if (side_at_ >= poll_fds_.size() || !poll_fds_[side_at_].revents) return;
+    if (side_at_ >= poll_fds_.size() || !poll_fds_[side_at_].revents) {
+      if (!withdrawing_.empty()) serve_requests();
+      return;
+    }
     try {
       feed_.side_ready();
+      serve_requests();
     } catch (...) {
       consumer_failed();
     }
   }
+
+  // ---- requests of the feed about tasks it gave (pool_control.hpp)
+
+  void serve_requests();
+  // Stops task `seq` if this run still holds it; false while it cannot tell yet.
+  bool withdraw(std::uint64_t seq);
+  // Delivers pending task `id` cancelled, by request, without it having run.
+  void deliver_withdrawn(std::uint64_t id);
+  void report_workers();
 
   // A worker rings its doorbell only when it runs out of work, so results it finished before a
   // long task it holds would wait for that task: look into the rings of busy workers too.
@@ -216,6 +230,9 @@ class Pool {
   std::vector<std::unique_ptr<Worker>> workers_;
   TaskTable tasks_;
   std::vector<std::uint64_t> struck_;  // ids of tasks already run again once after a corrupt stream
+  bool task_timeouts_ = false;  // some task has a time limit of its own (Task::timeout)
+  std::vector<std::uint64_t> withdrawing_;  // seqs the feed wants stopped, not yet settled (pool_control.hpp)
+  std::vector<WorkerView> views_;           // kept: what Feed::report() is given
   bool feed_done_ = false;     // pull() gave nothing and finished() said so
   bool feed_waiting_ = false;  // pull() gave nothing for now
   std::exception_ptr source_error_;    // pull() threw: no more tasks; those given finish
@@ -288,6 +305,7 @@ class Pool {
     const std::uint64_t ticket = tasks_.new_slot(1);
     TaskTable::Slot& slot = tasks_.slot_of(ticket << run_bits);
     slot.task = std::move(*task);
+    task_timeouts_ = task_timeouts_ || slot.task.timeout.count() > 0;
     // A reused slot's Result was moved out by deliver(): put back only what a move may leave.
     Result& r = slot.result;
     r.index = static_cast<std::size_t>(slot.seq);
@@ -595,6 +613,8 @@ class Pool {
   // pipe are kept until then (it may still ring its doorbell).
   void retire(Worker& w);
 
+  std::chrono::milliseconds time_limit(std::uint64_t id) const;
+
   // When the function at the front of w's queue is out of time: Options::timeout after it began,
   // plus the hand-over guard once it has returned (then only the parent's reading remains).
   Clock::time_point deadline(const Worker& w) const;
@@ -621,5 +641,6 @@ inline void run_feed_processes(const FeedRunner& run, const Options& options, Fe
 #include <pfp/detail/pool_endings.hpp>  // IWYU pragma: export
 #include <pfp/detail/pool_starts.hpp>  // IWYU pragma: export
 #include <pfp/detail/pool_results.hpp>  // IWYU pragma: export
+#include <pfp/detail/pool_control.hpp>  // IWYU pragma: export
 
 #endif  // PFP_DETAIL_POOL_HPP

@@ -109,27 +109,36 @@ inline void Pool::retire(Worker& w) {
   close_pipes(w);
 }
 
-// When the function at the front of w's queue is out of time: Options::timeout after it began,
+// The wall-clock limit of task `id`: its own (Task::timeout), else Options::timeout; 0 = none.
+inline std::chrono::milliseconds Pool::time_limit(std::uint64_t id) const {
+  const std::chrono::milliseconds own = tasks_.slot_of(id).task.timeout;
+  return own.count() > 0 ? own : options_.timeout;
+}
+
+// When the function at the front of w's queue is out of time: its time limit after it began,
 // plus the hand-over guard once it has returned (then only the parent's reading remains).
 inline Clock::time_point Pool::deadline(const Worker& w) const {
-  Clock::time_point at = w.head_start() + options_.timeout;
+  const std::chrono::milliseconds limit = time_limit(w.queue.front().id);
+  if (limit.count() <= 0) return Clock::time_point::max();
+  Clock::time_point at = w.head_start() + limit;
   if (w.shared && w.shared.block()->returned.load(std::memory_order_acquire) == w.queue.front().id + 1)
-    at += std::max<Clock::duration>(handover_guard, 10 * options_.timeout);
+    at += std::max<Clock::duration>(handover_guard, 10 * limit);
   return at;
 }
 
 inline void Pool::enforce_timeouts(Clock::time_point now) {
-  if (options_.timeout.count() <= 0) return;
+  if (options_.timeout.count() <= 0 && !task_timeouts_) return;
   for (auto& w : workers_) {
     if (w->pid <= 0 || w->queue.empty() || starting(*w) || now < deadline(*w)) continue;
     const std::uint64_t head = w->queue.front().id;
     drain(*w);  // it may have finished just now
     if (w->pid <= 0 || w->queue.empty() || w->queue.front().id != head) continue;
     const bool returned = w->shared.block()->returned.load(std::memory_order_acquire) == head + 1;
+    const std::string limit = std::to_string(time_limit(head).count());
     kill_worker(*w, Status::timed_out,
-                returned ? "returned within the timeout of " + std::to_string(options_.timeout.count()) +
+                returned ? "returned within the timeout of " + limit +
                                " ms, but its result was not handed over in time; the worker was killed"
-                         : "exceeded the timeout of " + std::to_string(options_.timeout.count()) + " ms and was killed");
+                         : "exceeded the timeout of " + limit + " ms and was killed");
   }
 }
 
@@ -143,7 +152,8 @@ inline int Pool::poll_timeout_ms() const {
   }
   for (auto& w : workers_)
     if (w->queue.size() > 1) wait = std::min(wait, ring_check_interval);  // see the ring check in run()
-  if (options_.timeout.count() > 0) {
+  if (!withdrawing_.empty()) wait = std::min(wait, std::chrono::milliseconds(1));  // a task to stop begins any moment
+  if (options_.timeout.count() > 0 || task_timeouts_) {
     auto now = Clock::now();
     for (auto& w : workers_) {
       if (w->queue.empty()) continue;

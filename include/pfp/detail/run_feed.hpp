@@ -48,6 +48,9 @@ inline DistributedBackend& mpi_backend() noexcept {
 inline bool isolated_workers(const Options& o) noexcept {
   return o.backend == Backend::processes || o.backend == Backend::mpi;
 }
+/// Whether the backend serves a feed's requests about tasks it holds (Feed::withdrawn: stop one,
+/// Feed::wants_report: what each worker runs): the process pool does.
+inline bool serves_requests(const Options& o) noexcept { return o.backend == Backend::processes; }
 /// Whether tasks run one after another in the thread that runs the Feed.
 inline bool runs_in_caller(const Options& o) noexcept { return o.backend == Backend::inline_; }
 

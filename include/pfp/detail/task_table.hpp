@@ -73,6 +73,7 @@ class TaskTable {
   }
 
   Slot& slot_of(std::uint64_t id) { return slots_[static_cast<std::size_t>((id >> run_bits) & slot_mask)]; }
+  const Slot& slot_of(std::uint64_t id) const { return slots_[static_cast<std::size_t>((id >> run_bits) & slot_mask)]; }
   static std::uint32_t place_of(std::uint64_t id) noexcept { return static_cast<std::uint32_t>(id & (max_run - 1)); }
   std::uint64_t seq_of(std::uint64_t id) { return slot_of(id).seq + place_of(id); }
   Result& result_of(std::uint64_t id) {
