@@ -1339,6 +1339,68 @@ auto generate(F f) {
 // as_completed(), wait_any() and wait_all() work over sets of them; next_completed() streams
 // Results to a consumer while a producer is still submitting, with a bounded queue between them.
 
+// ---- begin <pfp/detail/callable.hpp> ----
+#ifndef PFP_DETAIL_CALLABLE_HPP
+#define PFP_DETAIL_CALLABLE_HPP
+
+// What the Executor reads from a declared function's type: its parameter and return types, and how
+// to call it with the elements of a Value array.
+
+
+#include <cstddef>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+namespace pfp {
+namespace detail {
+
+// The parameter and return types of a callable with exactly one operator() (not a generic lambda).
+template <class T, class = void>
+struct has_single_call_operator : std::false_type {};
+template <class T>
+struct has_single_call_operator<T, std::void_t<decltype(&T::operator())>> : std::true_type {};
+
+template <class T, class = void>
+struct callable_traits {
+  static constexpr bool known = false;
+};
+template <class R, class... A>
+struct callable_traits<R (*)(A...), void> {
+  static constexpr bool known = true;
+  using result = R;
+  using args = std::tuple<std::decay_t<A>...>;
+};
+template <class R, class... A>
+struct callable_traits<R(A...), void> : callable_traits<R (*)(A...)> {};
+template <class C, class R, class... A>
+struct callable_traits<R (C::*)(A...) const, void> : callable_traits<R (*)(A...)> {};
+template <class C, class R, class... A>
+struct callable_traits<R (C::*)(A...), void> : callable_traits<R (*)(A...)> {};
+template <class T>
+struct callable_traits<T, std::enable_if_t<std::is_class_v<T> && has_single_call_operator<T>::value>>
+    : callable_traits<decltype(&T::operator())> {};
+
+// Calls f with the elements of the Value array `args`, each read as the parameter's type.
+template <class R, class Tuple, class F, std::size_t... I>
+Value call_with_value_args(F& f, const Value& args, std::index_sequence<I...>) {
+  if (args.size() != sizeof...(I))
+    throw error("pfp: the task got " + std::to_string(args.size()) + " arguments; its function takes " +
+                std::to_string(sizeof...(I)));
+  if constexpr (std::is_void_v<R>) {
+    f(args.at(I).template as<std::tuple_element_t<I, Tuple>>()...);
+    return Value();
+  } else {
+    return Value(f(args.at(I).template as<std::tuple_element_t<I, Tuple>>()...));
+  }
+}
+
+}  // namespace detail
+}  // namespace pfp
+
+#endif  // PFP_DETAIL_CALLABLE_HPP
+// ---- end <pfp/detail/callable.hpp> ----
 // ---- begin <pfp/detail/run_feed.hpp> ----
 #ifndef PFP_DETAIL_RUN_FEED_HPP
 #define PFP_DETAIL_RUN_FEED_HPP
@@ -1983,6 +2045,8 @@ struct Result {
 #endif  // PFP_RESULT_HPP
 // ---- end <pfp/result.hpp> ----
 
+#include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <algorithm>
 #include <functional>
@@ -1991,6 +2055,7 @@ struct Result {
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 namespace pfp {
 
@@ -2002,6 +2067,18 @@ struct Task {
   std::uint64_t fn = 0;
   std::string payload;
   int priority = 0;  ///< higher begins first among tasks that have not begun (see Feed::next_priority)
+  /// This task's wall-clock limit in place of Options::timeout (0: the Options' one). Enforced by
+  /// the process backend only, like Options::timeout.
+  std::chrono::milliseconds timeout{0};
+};
+
+/// What one worker of the process backend is doing, for Feed::report().
+struct WorkerView {
+  int pid = 0;
+  unsigned slot = 0;                             ///< as TaskView::worker
+  std::optional<std::uint64_t> running;          ///< the seq of the task it runs, if it runs one
+  std::chrono::steady_clock::time_point since{};  ///< when that task began
+  std::size_t held = 0;                          ///< tasks it holds, the running one included
 };
 
 /// What a worker is given to run one task.
@@ -2088,6 +2165,18 @@ class Feed {
   /// rethrows.
   virtual int side_fd() const { return -1; }
   virtual void side_ready() {}
+
+  /// Asked by the process backend after each side_ready(): tasks the front end wants stopped
+  /// (their seqs, appended to `out`). One that has not begun never runs and is delivered
+  /// Status::cancelled; a running one is killed with its worker and delivered cancelled; one
+  /// already delivered is ignored. The threads and inline backends never ask (they cannot stop
+  /// a running task; a front end withdraws what it has not given itself).
+  virtual void withdrawn(std::vector<std::uint64_t>& /*out*/) {}
+
+  /// Asked by the process backend after each side_ready(): whether the front end wants to know
+  /// what the workers do now; if so report() gets one WorkerView per live worker, at once.
+  virtual bool wants_report() { return false; }
+  virtual void report(const std::vector<WorkerView>& /*workers*/) {}
 };
 
 /// A user's callback that a feed hands results to (on_result, a Manager's logger). What it throws
@@ -5311,6 +5400,7 @@ class TaskTable {
   }
 
   Slot& slot_of(std::uint64_t id) { return slots_[static_cast<std::size_t>((id >> run_bits) & slot_mask)]; }
+  const Slot& slot_of(std::uint64_t id) const { return slots_[static_cast<std::size_t>((id >> run_bits) & slot_mask)]; }
   static std::uint32_t place_of(std::uint64_t id) noexcept { return static_cast<std::uint32_t>(id & (max_run - 1)); }
   std::uint64_t seq_of(std::uint64_t id) { return slot_of(id).seq + place_of(id); }
   Result& result_of(std::uint64_t id) {
@@ -6075,15 +6165,29 @@ class Pool {
     }
   }
 
-  // What tasks sent besides their results (Feed::side_fd) goes to the feed as it comes.
+  // What tasks sent besides their results (Feed::side_fd) goes to the feed as it comes; then the
+  // feed's requests about tasks it gave (pool_control.hpp).
   void serve_side() {
-    if (side_at_ >= poll_fds_.size() || !poll_fds_[side_at_].revents) return;
+    if (side_at_ >= poll_fds_.size() || !poll_fds_[side_at_].revents) {
+      if (!withdrawing_.empty()) serve_requests();
+      return;
+    }
     try {
       feed_.side_ready();
+      serve_requests();
     } catch (...) {
       consumer_failed();
     }
   }
+
+  // ---- requests of the feed about tasks it gave (pool_control.hpp)
+
+  void serve_requests();
+  // Stops task `seq` if this run still holds it; false while it cannot tell yet.
+  bool withdraw(std::uint64_t seq);
+  // Delivers pending task `id` cancelled, by request, without it having run.
+  void deliver_withdrawn(std::uint64_t id);
+  void report_workers();
 
   // A worker rings its doorbell only when it runs out of work, so results it finished before a
   // long task it holds would wait for that task: look into the rings of busy workers too.
@@ -6117,6 +6221,9 @@ class Pool {
   std::vector<std::unique_ptr<Worker>> workers_;
   TaskTable tasks_;
   std::vector<std::uint64_t> struck_;  // ids of tasks already run again once after a corrupt stream
+  bool task_timeouts_ = false;  // some task has a time limit of its own (Task::timeout)
+  std::vector<std::uint64_t> withdrawing_;  // seqs the feed wants stopped, not yet settled (pool_control.hpp)
+  std::vector<WorkerView> views_;           // kept: what Feed::report() is given
   bool feed_done_ = false;     // pull() gave nothing and finished() said so
   bool feed_waiting_ = false;  // pull() gave nothing for now
   std::exception_ptr source_error_;    // pull() threw: no more tasks; those given finish
@@ -6189,6 +6296,7 @@ class Pool {
     const std::uint64_t ticket = tasks_.new_slot(1);
     TaskTable::Slot& slot = tasks_.slot_of(ticket << run_bits);
     slot.task = std::move(*task);
+    task_timeouts_ = task_timeouts_ || slot.task.timeout.count() > 0;
     // A reused slot's Result was moved out by deliver(): put back only what a move may leave.
     Result& r = slot.result;
     r.index = static_cast<std::size_t>(slot.seq);
@@ -6496,6 +6604,8 @@ class Pool {
   // pipe are kept until then (it may still ring its doorbell).
   void retire(Worker& w);
 
+  std::chrono::milliseconds time_limit(std::uint64_t id) const;
+
   // When the function at the front of w's queue is out of time: Options::timeout after it began,
   // plus the hand-over guard once it has returned (then only the parent's reading remains).
   Clock::time_point deadline(const Worker& w) const;
@@ -6630,27 +6740,36 @@ inline void Pool::retire(Worker& w) {
   close_pipes(w);
 }
 
-// When the function at the front of w's queue is out of time: Options::timeout after it began,
+// The wall-clock limit of task `id`: its own (Task::timeout), else Options::timeout; 0 = none.
+inline std::chrono::milliseconds Pool::time_limit(std::uint64_t id) const {
+  const std::chrono::milliseconds own = tasks_.slot_of(id).task.timeout;
+  return own.count() > 0 ? own : options_.timeout;
+}
+
+// When the function at the front of w's queue is out of time: its time limit after it began,
 // plus the hand-over guard once it has returned (then only the parent's reading remains).
 inline Clock::time_point Pool::deadline(const Worker& w) const {
-  Clock::time_point at = w.head_start() + options_.timeout;
+  const std::chrono::milliseconds limit = time_limit(w.queue.front().id);
+  if (limit.count() <= 0) return Clock::time_point::max();
+  Clock::time_point at = w.head_start() + limit;
   if (w.shared && w.shared.block()->returned.load(std::memory_order_acquire) == w.queue.front().id + 1)
-    at += std::max<Clock::duration>(handover_guard, 10 * options_.timeout);
+    at += std::max<Clock::duration>(handover_guard, 10 * limit);
   return at;
 }
 
 inline void Pool::enforce_timeouts(Clock::time_point now) {
-  if (options_.timeout.count() <= 0) return;
+  if (options_.timeout.count() <= 0 && !task_timeouts_) return;
   for (auto& w : workers_) {
     if (w->pid <= 0 || w->queue.empty() || starting(*w) || now < deadline(*w)) continue;
     const std::uint64_t head = w->queue.front().id;
     drain(*w);  // it may have finished just now
     if (w->pid <= 0 || w->queue.empty() || w->queue.front().id != head) continue;
     const bool returned = w->shared.block()->returned.load(std::memory_order_acquire) == head + 1;
+    const std::string limit = std::to_string(time_limit(head).count());
     kill_worker(*w, Status::timed_out,
-                returned ? "returned within the timeout of " + std::to_string(options_.timeout.count()) +
+                returned ? "returned within the timeout of " + limit +
                                " ms, but its result was not handed over in time; the worker was killed"
-                         : "exceeded the timeout of " + std::to_string(options_.timeout.count()) + " ms and was killed");
+                         : "exceeded the timeout of " + limit + " ms and was killed");
   }
 }
 
@@ -6664,7 +6783,8 @@ inline int Pool::poll_timeout_ms() const {
   }
   for (auto& w : workers_)
     if (w->queue.size() > 1) wait = std::min(wait, ring_check_interval);  // see the ring check in run()
-  if (options_.timeout.count() > 0) {
+  if (!withdrawing_.empty()) wait = std::min(wait, std::chrono::milliseconds(1));  // a task to stop begins any moment
+  if (options_.timeout.count() > 0 || task_timeouts_) {
     auto now = Clock::now();
     for (auto& w : workers_) {
       if (w->queue.empty()) continue;
@@ -7225,6 +7345,95 @@ inline void Pool::cancel_everything() {
 
 #endif  // PFP_DETAIL_POOL_RESULTS_HPP
 // ---- end <pfp/detail/pool_results.hpp> ----
+// ---- begin <pfp/detail/pool_control.hpp> ----
+#ifndef PFP_DETAIL_POOL_CONTROL_HPP
+#define PFP_DETAIL_POOL_CONTROL_HPP
+
+// The process pool, continued: what a feed asks about the tasks it gave while they are in the
+// pool (Feed::withdrawn, Feed::wants_report): stopping one task -- never run if it has not begun,
+// killed with its worker if it runs -- and saying what each worker runs. Asked only after the
+// feed's side descriptor was readable (or while a request waits to be settled), so a run that asks
+// nothing pays nothing. Part of pool.hpp, which includes it at its end.
+
+
+namespace pfp {
+namespace detail {
+
+inline void Pool::serve_requests() {
+  feed_.withdrawn(withdrawing_);
+  for (std::size_t i = 0; i < withdrawing_.size();) {
+    if (withdraw(withdrawing_[i])) {
+      withdrawing_[i] = withdrawing_.back();
+      withdrawing_.pop_back();
+    } else {
+      ++i;
+    }
+  }
+  if (feed_.wants_report()) report_workers();
+}
+
+// Stops task `seq` if this run still holds it. False when it cannot tell yet: the worker that
+// holds it claimed it a moment ago (it runs by the next turn, and is killed then).
+inline bool Pool::withdraw(std::uint64_t seq) {
+  auto is = [&](std::uint64_t id) { return tasks_.slot_of(id).count == 1 && tasks_.seq_of(id) == seq; };
+  auto from_pending = [&] {
+    const auto it = std::find_if(tasks_.pending.begin(), tasks_.pending.end(), is);
+    if (it == tasks_.pending.end()) return false;
+    const std::uint64_t id = *it;
+    tasks_.pending.erase(it);
+    deliver_withdrawn(id);
+    return true;
+  };
+  if (from_pending()) return true;
+  for (auto& w : workers_) {
+    if (w->pid <= 0) continue;
+    const auto at = std::find_if(w->queue.begin(), w->queue.end(), [&](const Queued& q) { return is(q.id); });
+    if (at == w->queue.end()) continue;
+    if (at == w->queue.begin() && w->head_began()) {
+      const std::uint64_t id = at->id;
+      drain(*w);  // it may have finished just now: then its verdict stands
+      if (w->pid > 0 && !w->queue.empty() && w->queue.front().id == id)
+        kill_worker(*w, Status::cancelled, "cancelled while running: the worker was killed with everything it started");
+      return true;
+    }
+    take_back_from(*w);    // what it has not begun comes back at once ...
+    return from_pending();  // ... unless it began this one just now
+  }
+  return true;  // delivered already
+}
+
+inline void Pool::deliver_withdrawn(std::uint64_t id) {
+  Result& r = tasks_.result_of(id);
+  r.status = Status::cancelled;
+  r.error = "cancelled before it started";
+  r.result = Value();
+  deliver(id);
+}
+
+inline void Pool::report_workers() {
+  views_.clear();
+  for (auto& w : workers_) {
+    if (w->pid <= 0) continue;
+    WorkerView v;
+    v.pid = static_cast<int>(w->pid);
+    v.slot = w->slot;
+    v.held = w->queue.size();
+    if (!w->queue.empty()) {
+      if (std::optional<Clock::time_point> began = w->head_began()) {
+        v.running = tasks_.seq_of(w->queue.front().id);
+        v.since = *began;
+      }
+    }
+    views_.push_back(v);
+  }
+  feed_.report(views_);
+}
+
+}  // namespace detail
+}  // namespace pfp
+
+#endif  // PFP_DETAIL_POOL_CONTROL_HPP
+// ---- end <pfp/detail/pool_control.hpp> ----
 
 #endif  // PFP_DETAIL_POOL_HPP
 // ---- end <pfp/detail/pool.hpp> ----
@@ -7264,6 +7473,9 @@ inline DistributedBackend& mpi_backend() noexcept {
 inline bool isolated_workers(const Options& o) noexcept {
   return o.backend == Backend::processes || o.backend == Backend::mpi;
 }
+/// Whether the backend serves a feed's requests about tasks it holds (Feed::withdrawn: stop one,
+/// Feed::wants_report: what each worker runs): the process pool does.
+inline bool serves_requests(const Options& o) noexcept { return o.backend == Backend::processes; }
 /// Whether tasks run one after another in the thread that runs the Feed.
 inline bool runs_in_caller(const Options& o) noexcept { return o.backend == Backend::inline_; }
 
@@ -7305,10 +7517,15 @@ inline void run_feed(const FeedRunner& run, const Options& options, Feed& feed, 
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <shared_mutex>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -7349,17 +7566,91 @@ struct FutureHub {
   }
 };
 
-struct FutureState {
-  std::optional<Result> result;  // guarded by FutureHub::mutex
+struct FutureState;
+
+// What a Future asks of the executor it came from (implemented by Executor).
+class FutureOwner {
+ public:
+  // True if the task will end cancelled; `settle` gets the verdict when it is known now (the
+  // caller fulfils the future with it, outside every lock).
+  virtual bool cancel(FutureState& s, std::optional<Result>& settle) = 0;
+  virtual bool running(const FutureState& s) = 0;
+  virtual void callback_failed(std::exception_ptr e) noexcept = 0;
+
+ protected:
+  ~FutureOwner() = default;
 };
 
+// Shared by an executor and its futures, which may outlive it: calls reach the executor only
+// while it exists (the executor clears `owner`, under an exclusive lock, once it has shut down;
+// calls hold a shared one, so they never wait for each other).
+struct FutureLink {
+  std::shared_mutex mutex;
+  FutureOwner* owner = nullptr;
+};
+
+struct FutureState {
+  static constexpr std::uint64_t not_pulled = ~std::uint64_t{0};
+  std::optional<Result> result;                  // guarded by FutureHub::mutex
+  std::vector<std::function<void()>> callbacks;  // guarded by FutureHub::mutex; run once result is set
+  std::shared_ptr<FutureLink> link;              // set before the Future is handed out
+  // Set before the Future is handed out, then guarded by the executor's mutex:
+  bool submitted = false;  // a submission of the executor's own (not a then() future)
+  bool withdrawn = false;  // cancelled while it waited in the executor: never pulled
+  std::uint64_t fn = 0;
+  std::uint64_t order = 0;                       // the submission's number
+  std::uint64_t pulled_as = not_pulled;          // the executor's count of pulls when it was pulled
+};
+
+// What a callback threw goes to the executor the future came from (which keeps it for
+// shutdown()), or to stderr once that executor is gone.
+inline void callback_failed(const FutureState& state, std::exception_ptr e) noexcept {
+  if (state.link) {
+    std::shared_lock<std::shared_mutex> lock(state.link->mutex);
+    if (state.link->owner) {
+      state.link->owner->callback_failed(e);
+      return;
+    }
+  }
+  try {
+    std::rethrow_exception(e);
+  } catch (...) {
+    const std::string msg = "pfp: a future's done callback threw after its executor was gone: " + describe_current_exception() + "\n";
+    [[maybe_unused]] bool ignored = write_all(2, msg.data(), msg.size());
+  }
+}
+
+// Sets the verdict, wakes every waiter, then runs the callbacks in this thread (outside every
+// lock of pfp's: a callback may submit, or add callbacks).
 inline void fulfil(FutureState& state, Result&& r) {
   FutureHub& hub = FutureHub::instance();
+  std::vector<std::function<void()>> callbacks;
   {
     std::lock_guard<std::mutex> lock(hub.mutex);
     state.result = std::move(r);
+    callbacks.swap(state.callbacks);
   }
   hub.done.notify_all();
+  for (auto& callback : callbacks) {
+    try {
+      callback();
+    } catch (...) {
+      callback_failed(state, std::current_exception());
+    }
+  }
+}
+
+// Runs `callback` once `state` has its verdict: now, in this thread (what it throws goes to the
+// caller), or later in the thread that fulfils it.
+inline void when_done(FutureState& state, std::function<void()> callback) {
+  {
+    std::lock_guard<std::mutex> lock(FutureHub::instance().mutex);
+    if (!state.result) {
+      state.callbacks.push_back(std::move(callback));
+      return;
+    }
+  }
+  callback();
 }
 
 }  // namespace detail
@@ -7415,6 +7706,80 @@ class Future {
     } else {
       return r.result.template as<T>();
     }
+  }
+
+  /// Cancels this one task. One that has not begun never runs: its Result is Status::cancelled
+  /// ("cancelled before it started") at once, or, with Backend::processes when a worker held it
+  /// already, within a turn of the pool. With Backend::processes one that runs is killed with its
+  /// worker and everything it started, Status::cancelled. Returns true when the task ends so (a
+  /// running one may still finish first: see result()); false when it has a verdict already, is
+  /// running on the threads or inline backend (a thread cannot be stopped), or came from then().
+  /// Thread-safe.
+  bool cancel() const {
+    check();
+    if (!state_->link) return false;
+    std::optional<Result> settle;
+    bool taken = false;
+    {
+      std::shared_lock<std::shared_mutex> lock(state_->link->mutex);
+      taken = state_->link->owner && state_->link->owner->cancel(*state_, settle);
+    }
+    if (settle) detail::fulfil(*state_, std::move(*settle));
+    return taken;
+  }
+
+  /// True while the task runs: it has begun and has no verdict yet. With Backend::processes
+  /// this asks the pool's thread (a round trip of a few microseconds when it is idle).
+  bool running() const {
+    check();
+    if (!state_->link) return false;
+    std::shared_lock<std::shared_mutex> lock(state_->link->mutex);
+    return state_->link->owner && state_->link->owner->running(*state_);
+  }
+
+  /// Calls f(future) (f takes a const Future<T>&) once the task has its verdict, whatever it is.
+  /// Where f runs: at once in this thread if the verdict is there (what f throws then goes to the
+  /// caller); else in the thread that gives the verdict -- the pool's thread (processes), the
+  /// thread that ran the task (threads), the thread that submitted it (inline), or the thread
+  /// that cancelled it (cancel(), shutdown(true)). What f throws there is never lost: the
+  /// Executor keeps the first such exception and shutdown() rethrows it (its destructor, which
+  /// cannot throw, writes it to stderr). f must be quick and must not wait for the executor (a
+  /// submit() into a full queue, get() of a future that is not ready): the pool waits for f.
+  template <class F>
+  void add_done_callback(F f) const {
+    check();
+    detail::when_done(*state_, [self = *this, f = std::move(f)]() mutable { f(self); });
+  }
+
+  /// A Future of what f(future) returns (f takes a const Future<T>&; its return type U must
+  /// convert to pfp::Value, or be void), completed when f has run, where add_done_callback()'s
+  /// f would. What f throws is that Future's Result (Status::exception, "<type>: what()"):
+  /// never lost. The Result keeps this task's function_name and index.
+  template <class F>
+  auto then(F f) const {
+    check();
+    using U = std::invoke_result_t<F&, const Future<T>&>;
+    auto next = std::make_shared<detail::FutureState>();
+    next->link = state_->link;
+    detail::when_done(*state_, [self = *this, next, f = std::move(f)]() mutable {
+      Result r;
+      r.function_name = self.state_->result->function_name;
+      r.index = self.state_->result->index;
+      try {
+        if constexpr (std::is_void_v<U>) {
+          f(self);
+        } else {
+          r.result = Value(f(self));
+        }
+        r.status = Status::ok;
+      } catch (...) {
+        r.status = Status::exception;
+        r.result = Value();
+        r.error = detail::describe_current_exception();
+      }
+      detail::fulfil(*next, std::move(r));
+    });
+    return Future<U>(std::move(next));
   }
 
  private:
@@ -7584,6 +7949,7 @@ AsCompleted<T> as_completed(std::vector<Future<T>> futures, std::optional<std::c
 #include <mutex>
 #include <optional>
 #include <queue>
+#include <shared_mutex>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -7599,50 +7965,6 @@ namespace pfp {
 namespace mpi {
 class Session;  // serves an Executor's submissions on the ranks other than 0 (<pfp/mpi.hpp>)
 }
-
-namespace detail {
-
-// The parameter and return types of a callable with exactly one operator() (not a generic lambda).
-template <class T, class = void>
-struct has_single_call_operator : std::false_type {};
-template <class T>
-struct has_single_call_operator<T, std::void_t<decltype(&T::operator())>> : std::true_type {};
-
-template <class T, class = void>
-struct callable_traits {
-  static constexpr bool known = false;
-};
-template <class R, class... A>
-struct callable_traits<R (*)(A...), void> {
-  static constexpr bool known = true;
-  using result = R;
-  using args = std::tuple<std::decay_t<A>...>;
-};
-template <class R, class... A>
-struct callable_traits<R(A...), void> : callable_traits<R (*)(A...)> {};
-template <class C, class R, class... A>
-struct callable_traits<R (C::*)(A...) const, void> : callable_traits<R (*)(A...)> {};
-template <class C, class R, class... A>
-struct callable_traits<R (C::*)(A...), void> : callable_traits<R (*)(A...)> {};
-template <class T>
-struct callable_traits<T, std::enable_if_t<std::is_class_v<T> && has_single_call_operator<T>::value>>
-    : callable_traits<decltype(&T::operator())> {};
-
-// Calls f with the elements of the Value array `args`, each read as the parameter's type.
-template <class R, class Tuple, class F, std::size_t... I>
-Value call_with_value_args(F& f, const Value& args, std::index_sequence<I...>) {
-  if (args.size() != sizeof...(I))
-    throw error("pfp: the task got " + std::to_string(args.size()) + " arguments; its function takes " +
-                std::to_string(sizeof...(I)));
-  if constexpr (std::is_void_v<R>) {
-    f(args.at(I).template as<std::tuple_element_t<I, Tuple>>()...);
-    return Value();
-  } else {
-    return Value(f(args.at(I).template as<std::tuple_element_t<I, Tuple>>()...));
-  }
-}
-
-}  // namespace detail
 
 /// A declared function: what Executor::submit() takes. R is its return type, A its parameters.
 template <class R, class... A>
@@ -7662,6 +7984,34 @@ struct ExecutorOptions {
   bool stream_results = false;
 };
 
+/// Per-submission settings (Executor::submit_with).
+struct Submission {
+  /// Higher starts first when every worker is busy (as submit_with_priority()).
+  int priority = 0;
+  /// This task's wall-clock limit in place of Options::timeout (0: the Options' one), like
+  /// pebble's schedule(timeout=): past it the task is killed with its process group and reported
+  /// Status::timed_out. Backend::processes only: the threads and inline backends enforce no
+  /// timeout (a thread cannot be killed).
+  std::chrono::milliseconds timeout{0};
+};
+
+/// One worker, as Executor::status() sees it.
+struct ExecutorWorker {
+  int pid = 0;                                    ///< its process (threads and inline: this process)
+  std::optional<std::size_t> task;                ///< the index (Result::index) of the submission it runs
+  std::string function;                           ///< the name of that submission's function
+  std::chrono::steady_clock::time_point since{};  ///< when that submission began
+};
+
+/// A moment's view of an Executor (Executor::status()).
+struct ExecutorStatus {
+  std::size_t queued = 0;   ///< submitted and not begun (with processes: held by a worker ahead of time included)
+  std::size_t running = 0;  ///< begun, without a verdict yet
+  /// Processes: every live worker, an idle one without a task. Threads and inline: one entry per
+  /// running submission (the pool's threads are not told apart).
+  std::vector<ExecutorWorker> workers;
+};
+
 /// A pool of workers that runs submitted tasks until shut down, like concurrent.futures'
 /// ProcessPoolExecutor (Options::backend picks processes, threads or inline).
 ///
@@ -7676,20 +8026,26 @@ struct ExecutorOptions {
 /// With Backend::processes the pool runs a background thread of this process, which forks the
 /// workers at start() and replaces dead or retired ones later: start the Executor before other
 /// threads that hold locks a function needs (see Options::threads).
-class Executor {
+class Executor : private detail::FutureOwner {
  public:
   /// Throws pfp::error if options are invalid.
   explicit Executor(Options options = Options{}, ExecutorOptions queue = ExecutorOptions{})
-      : options_(options), queue_options_(queue) {
+      : options_(options), queue_options_(queue), link_(std::make_shared<detail::FutureLink>()) {
     detail::validate(options_);
     options_.threads = ThreadPolicy::allow;  // the pool's own thread is the one that forks
+    link_->owner = this;
   }
 
+  /// Shuts down and waits. A done callback's exception that shutdown() did not rethrow is
+  /// written to stderr (a destructor cannot throw).
   ~Executor() {
     try {
       shutdown();
     } catch (...) {
+      report_lost(std::current_exception());
     }
+    std::unique_lock<std::shared_mutex> lock(link_->mutex);
+    link_->owner = nullptr;
   }
   Executor(const Executor&) = delete;
   Executor& operator=(const Executor&) = delete;
@@ -7742,11 +8098,37 @@ class Executor {
   /// submit() with a priority: higher starts first when workers are busy.
   template <class R, class... A, class... Given>
   Future<R> submit_with_priority(int priority, const Function<R, A...>& fn, Given&&... args) {
+    Submission how;
+    how.priority = priority;
+    return submit_with(how, fn, std::forward<Given>(args)...);
+  }
+
+  /// submit() with per-submission settings: a priority, a timeout of its own (see Submission).
+  /// Throws like submit(), and pfp::error for a negative timeout.
+  template <class R, class... A, class... Given>
+  Future<R> submit_with(const Submission& how, const Function<R, A...>& fn, Given&&... args) {
     static_assert(sizeof...(A) == sizeof...(Given), "pfp::Executor::submit: wrong number of arguments for this function");
+    if (how.timeout.count() < 0)
+      throw error("pfp::Submission::timeout is negative (" + std::to_string(how.timeout.count()) +
+                  " ms); use 0 for Options::timeout");
     Value packed = Value::array();
     (packed.push_back(pack_argument<A>(std::forward<Given>(args))), ...);
-    return Future<R>(enqueue(fn.id, priority, encode(packed)));
+    return Future<R>(enqueue(fn.id, how, encode(packed)));
   }
+
+  /// Like concurrent.futures.Executor.map: submits fn for every item of `items` (the argument,
+  /// or a std::tuple of the arguments for a function of several), then returns what each
+  /// returned, in input order. `timeout`, counted from the call, bounds the whole. Throws
+  /// pfp::task_error for the first item, in input order, that did not return normally, and
+  /// pfp::error once the timeout passes before every value is there; either way the
+  /// submissions still without a verdict are cancelled first (Future::cancel()).
+  template <class R, class... A, class Range>
+  std::vector<R> map(const Function<R, A...>& fn, const Range& items, std::optional<std::chrono::milliseconds> timeout = std::nullopt);
+
+  /// Queued and running counts and what each worker runs, since when (see ExecutorStatus).
+  /// With Backend::processes it asks the pool's thread (a round trip); from a done callback that
+  /// runs in that thread it reports no workers. Thread-safe.
+  ExecutorStatus status();
 
   /// The next completed Result, in completion order; blocks until one is there. Returns nullopt
   /// once close() was called and every submission's Result was taken; then rethrows the error
@@ -7784,15 +8166,24 @@ class Executor {
 
   /// Stops taking work and waits for the pool to end. With cancel_pending, tasks that have not
   /// started end as Status::cancelled; otherwise they run first. Running tasks finish. Returns
-  /// once every worker has been reaped. Idempotent.
+  /// once every worker has been reaped. Idempotent. Then rethrows the first exception a done
+  /// callback (Future::add_done_callback) threw in another thread, if any.
   void shutdown(bool cancel_pending = false) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       if (cancel_pending) cancel_queued_locked("cancelled before it started: the executor was shut down");
     }
+    settle_set_aside();
     close();
     if (runner_.joinable()) runner_.join();
     inline_worker_.end();  // Backend::inline_: its finalizer (the pool's workers ran theirs)
+    settle_set_aside();
+    std::exception_ptr failed;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      failed = std::exchange(callback_error_, nullptr);
+    }
+    if (failed) std::rethrow_exception(failed);
   }
 
   /// Stops everything now: queued tasks are cancelled, running ones killed (processes) with their
@@ -7805,6 +8196,7 @@ class Executor {
       closed_ = true;
       cancel_queued_locked("cancelled before it started");
     }
+    settle_set_aside();
     cancel_state_.request();
     close();
   }
@@ -7819,6 +8211,7 @@ class Executor {
   };
   struct Waiting {
     int priority;
+    std::chrono::milliseconds timeout;
     std::uint64_t order;
     std::uint64_t fn;
     std::shared_ptr<std::string> payload;
@@ -7831,6 +8224,7 @@ class Executor {
     std::uint64_t fn;
     std::shared_ptr<detail::FutureState> state;
     std::uint64_t order;  // the submission's number: its Result's index
+    std::chrono::steady_clock::time_point since{};  // when it was pulled (threads, inline: when it began)
   };
 
   // As given when it converts to a Value (the worker's as<A>() then checks ranges), else as A.
@@ -7849,68 +8243,10 @@ class Executor {
     return Function<R, A...>{id, std::move(name)};
   }
 
-  // The Feed the backend pulls from: every call comes from the backend's thread.
-  class QueueFeed final : public detail::Feed {
-   public:
-    // Each run of a backend numbers its tasks from 0; the executor's count goes on across runs
-    // (the inline backend runs once per submit()).
-    explicit QueueFeed(Executor& ex) : ex_(ex) {
-      std::lock_guard<std::mutex> lock(ex_.mutex_);
-      base_ = ex_.pulls_;
-    }
-    std::optional<detail::Task> pull() override {
-      ex_.drain_wake();
-      std::lock_guard<std::mutex> lock(ex_.mutex_);
-      if (ex_.waiting_.empty()) return std::nullopt;
-      Waiting w = ex_.waiting_.top();
-      ex_.waiting_.pop();
-      ex_.pulled_.emplace(ex_.pulls_++, Pulled{w.fn, std::move(w.state), w.order});
-      if (!ex_.queue_options_.stream_results) ex_.space_cv_.notify_all();
-      return detail::Task{w.fn, std::move(*w.payload), w.priority};
-    }
-    std::optional<int> next_priority() override {
-      std::lock_guard<std::mutex> lock(ex_.mutex_);
-      if (ex_.waiting_.empty()) return std::nullopt;
-      return ex_.waiting_.top().priority;
-    }
-    bool finished() override {
-      std::lock_guard<std::mutex> lock(ex_.mutex_);
-      return ex_.waiting_.empty() && (ex_.closed_ || ex_.draining_inline_);
-    }
-    int wake_fd() const override { return ex_.wake_.read_fd(); }
-    std::uint64_t signature() const override { return ex_.signature(); }
-    void workers_started() override {
-      {
-        std::lock_guard<std::mutex> lock(ex_.mutex_);
-        ex_.workers_forked_ = true;
-      }
-      ex_.forked_cv_.notify_all();
-    }
-    void deliver(std::uint64_t seq, Result&& r) override {
-      std::shared_ptr<detail::FutureState> state;
-      {
-        std::lock_guard<std::mutex> lock(ex_.mutex_);
-        auto it = ex_.pulled_.find(base_ + seq);
-        state = std::move(it->second.state);
-        r.function_name = ex_.functions_[it->second.fn].name;
-        r.index = static_cast<std::size_t>(it->second.order);
-        ex_.pulled_.erase(it);
-      }
-      if (!ex_.queue_options_.stream_results) ex_.space_cv_.notify_all();
-      ex_.complete(*state, std::move(r));
-    }
-    // The backend stops pulling for good (cancelled, or it cannot start a worker): what waits is
-    // cancelled, and an executor nobody closed has failed, so later submissions are refused.
-    void drop_rest(const std::string& why) override {
-      std::lock_guard<std::mutex> lock(ex_.mutex_);
-      ex_.fail_locked(why);
-      ex_.cancel_queued_locked(why);
-    }
-
-   private:
-    Executor& ex_;
-    std::uint64_t base_ = 0;
-  };
+  // The Feed the backend pulls from: every call comes from the backend's thread (see
+  // detail/executor_control.hpp).
+  class QueueFeed;
+  friend class QueueFeed;
 
   void start_locked(std::unique_lock<std::mutex>& lock) {
     if (started_) {
@@ -7922,8 +8258,10 @@ class Executor {
     try {
       wake_.open();
       if (detail::runs_in_caller(options_)) return;  // runs in submit()
+      if (detail::serves_requests(options_)) control_.open();
       cancel_state_.open();
       runner_ = std::thread([this] { run_pool(); });
+      pool_running_ = true;
     } catch (...) {
       // Without its pipes or its thread no pool will ever answer: refuse every submission.
       cancel_state_.close();
@@ -7935,28 +8273,7 @@ class Executor {
     if (failure_) throw error("pfp::Executor: the pool has failed: " + *failure_);
   }
 
-  void run_pool() {
-    QueueFeed feed(*this);
-    try {
-      detail::run_feed(task_runner(), options_, feed, &cancel_state_);
-    } catch (...) {
-      const std::string why = detail::describe_current_exception();
-      std::lock_guard<std::mutex> lock(mutex_);
-      failure_ = why;  // what the backend threw says most (over what its drop_rest() said)
-      closed_ = true;
-      cancel_queued_locked("not run: the pool failed: " + why);
-    }
-    {
-      // However the backend ended, nothing may wait for it now.
-      std::lock_guard<std::mutex> lock(mutex_);
-      fail_locked("the pool ended");
-      cancel_queued_locked("not run: the pool has ended");
-    }
-    cancel_state_.close();
-    completed_cv_.notify_all();
-    space_cv_.notify_all();
-    forked_cv_.notify_all();
-  }
+  void run_pool();
 
   // The declared names, hashed: what every rank of a Backend::mpi pool must have alike.
   std::uint64_t signature() {
@@ -7973,8 +8290,11 @@ class Executor {
     };
   }
 
-  std::shared_ptr<detail::FutureState> enqueue(std::uint64_t fn, int priority, std::string payload) {
+  std::shared_ptr<detail::FutureState> enqueue(std::uint64_t fn, const Submission& how, std::string payload) {
     auto state = std::make_shared<detail::FutureState>();
+    state->link = link_;
+    state->submitted = true;
+    state->fn = fn;
     {
       std::unique_lock<std::mutex> lock(mutex_);
       if (closed_ && started_) start_locked(lock);  // throws the reason
@@ -7985,7 +8305,8 @@ class Executor {
         if (closed_) throw error("pfp::Executor::submit: the executor was closed while this submission waited for room");
       }
       ++submitted_;
-      waiting_.push(Waiting{priority, order_++, fn, std::make_shared<std::string>(std::move(payload)), state});
+      state->order = order_;
+      waiting_.push(Waiting{how.priority, how.timeout, order_++, fn, std::make_shared<std::string>(std::move(payload)), state});
     }
     if (detail::runs_in_caller(options_)) {
       run_inline_now();
@@ -7996,27 +8317,13 @@ class Executor {
   }
 
   // Inline backend: the caller runs what is queued, now.
-  void run_inline_now() {
-    QueueFeed feed(*this);
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      draining_inline_ = true;
-    }
-    struct Done {
-      Executor& ex;
-      ~Done() {
-        std::lock_guard<std::mutex> lock(ex.mutex_);
-        ex.draining_inline_ = false;
-      }
-    } done{*this};
-    detail::run_feed(task_runner(), options_, feed, nullptr, &inline_worker_);
-  }
+  void run_inline_now();
 
   std::size_t outstanding_locked() const {
     if (queue_options_.stream_results) return submitted_ - taken_;
     // Pulled by the pool: at most one per worker runs, the rest wait in the workers' queues.
     const std::size_t running = std::min(pulled_.size(), static_cast<std::size_t>(detail::effective_workers(options_)));
-    return waiting_.size() + pulled_.size() - running;
+    return waiting_.size() - withdrawn_waiting_ + pulled_.size() - running;
   }
 
   void complete(detail::FutureState& state, Result&& r) {
@@ -8038,22 +8345,37 @@ class Executor {
     closed_ = true;
   }
 
-  void cancel_queued_locked(const std::string& why) {
-    while (!waiting_.empty()) {
-      Waiting w = waiting_.top();
-      waiting_.pop();
-      Result r;
-      r.function_name = functions_[w.fn].name;
-      r.index = static_cast<std::size_t>(w.order);
-      r.status = Status::cancelled;
-      r.error = why;
-      if (queue_options_.stream_results) {
-        completed_.push_back(r);
-        completed_cv_.notify_all();
-      }
-      detail::fulfil(*w.state, std::move(r));
+  Result cancelled_result(std::uint64_t fn, std::uint64_t order, const std::string& why) const {
+    Result r;
+    r.function_name = functions_[fn].name;
+    r.index = static_cast<std::size_t>(order);
+    r.status = Status::cancelled;
+    r.error = why;
+    return r;
+  }
+
+  // Every waiting submission is cancelled; their futures are fulfilled by settle_set_aside(),
+  // once the lock is released (their callbacks may call the executor).
+  void cancel_queued_locked(const std::string& why);
+  void settle_set_aside();
+
+  // detail::FutureOwner: what a Future asks (detail/executor_control.hpp).
+  bool cancel(detail::FutureState& s, std::optional<Result>& settle) override;
+  bool running(const detail::FutureState& s) override;
+  void callback_failed(std::exception_ptr e) noexcept override;
+  static void report_lost(std::exception_ptr e) noexcept;
+  bool ready_locked(const detail::FutureState& s) const;
+  // What the pool's workers do now (processes), asked through the control pipe; nullopt if the
+  // pool does not answer (not running, or busy starting workers for seconds).
+  std::optional<std::vector<detail::WorkerView>> ask_pool(std::unique_lock<std::mutex>& lock);
+
+  template <class R, class... A, class Item>
+  Future<R> submit_item(const Function<R, A...>& fn, const Item& item) {
+    if constexpr (sizeof...(A) == 1) {
+      return submit(fn, item);
+    } else {
+      return std::apply([&](const auto&... args) { return submit(fn, args...); }, item);
     }
-    space_cv_.notify_all();
   }
 
   void wake() noexcept { wake_.ring(); }
@@ -8061,31 +8383,364 @@ class Executor {
 
   Options options_;
   ExecutorOptions queue_options_;
+  std::shared_ptr<detail::FutureLink> link_;  // shared with every Future handed out
   std::vector<Declared> functions_;  // fixed once started
   std::mutex mutex_;
   std::condition_variable space_cv_;      // room in the queue
   std::condition_variable completed_cv_;  // a Result for next_completed(), or the end
   std::condition_variable forked_cv_;     // the pool forked its first workers (or failed)
+  std::condition_variable report_cv_;     // the pool reported its workers (or ended)
   bool workers_forked_ = false;
   std::priority_queue<Waiting> waiting_;
+  std::size_t withdrawn_waiting_ = 0;  // entries of waiting_ cancelled by Future::cancel(), skipped when pulled
   std::unordered_map<std::uint64_t, Pulled> pulled_;
+  std::vector<std::pair<std::shared_ptr<detail::FutureState>, Result>> set_aside_;  // see cancel_queued_locked()
   std::deque<Result> completed_;
   std::uint64_t order_ = 0;
   std::uint64_t pulls_ = 0;
+  std::uint64_t feed_base_ = 0;  // pulls_ when the backend's current run began: its seq 0
   std::size_t submitted_ = 0;
   std::size_t taken_ = 0;
   bool started_ = false;
   bool closed_ = false;
   bool draining_inline_ = false;
+  bool pool_running_ = false;  // the pool's thread runs the backend
+  std::vector<std::uint64_t> cancel_requests_;  // pulls_ numbers of running tasks to stop (processes)
+  bool report_wanted_ = false;
+  std::uint64_t report_count_ = 0;  // reports the pool gave
+  std::vector<detail::WorkerView> report_;
   std::optional<std::string> failure_;
   std::exception_ptr producer_error_;
-  detail::WakePipe wake_;  // rung by submit(), close() and shutdown(): the pool's feed has news
+  std::exception_ptr callback_error_;  // the first a done callback threw in another thread
+  detail::WakePipe wake_;     // rung by submit(), close() and shutdown(): the pool's feed has news
+  detail::WakePipe control_;  // rung by Future::cancel(), running() and status(): requests for the pool (processes)
   detail::CancelState cancel_state_;
   std::thread runner_;
   detail::KeptWorker inline_worker_{options_};  // Backend::inline_: one worker from the first submit() to shutdown
 };
 
 }  // namespace pfp
+
+// ---- begin <pfp/detail/executor_control.hpp> ----
+#ifndef PFP_DETAIL_EXECUTOR_CONTROL_HPP
+#define PFP_DETAIL_EXECUTOR_CONTROL_HPP
+
+// pfp::Executor, continued: the Feed its backend pulls from, how the pool's thread ends, and what
+// a Future or a caller asks while tasks run -- cancel one task, whether it runs, what every
+// worker runs (status()), map(). Requests for the process pool go through the control pipe, which
+// the pool watches as the feed's side descriptor: a run that asks nothing pays nothing per task.
+// Part of executor.hpp, which includes it at its end.
+
+
+namespace pfp {
+
+// Every call comes from the backend's thread (the threads backend: one at a time, under its lock).
+class Executor::QueueFeed final : public detail::Feed {
+ public:
+  // Each run of a backend numbers its tasks from 0; the executor's count goes on across runs
+  // (the inline backend runs once per submit()).
+  explicit QueueFeed(Executor& ex) : ex_(ex) {
+    std::lock_guard<std::mutex> lock(ex_.mutex_);
+    base_ = ex_.feed_base_ = ex_.pulls_;
+  }
+  std::optional<detail::Task> pull() override {
+    ex_.drain_wake();
+    std::lock_guard<std::mutex> lock(ex_.mutex_);
+    if (!skip_withdrawn()) return std::nullopt;
+    Waiting w = ex_.waiting_.top();
+    ex_.waiting_.pop();
+    w.state->pulled_as = ex_.pulls_;
+    Pulled pulled{w.fn, std::move(w.state), w.order};
+    if (!detail::serves_requests(ex_.options_)) pulled.since = std::chrono::steady_clock::now();  // handed out now
+    ex_.pulled_.emplace(ex_.pulls_++, std::move(pulled));
+    if (!ex_.queue_options_.stream_results) ex_.space_cv_.notify_all();
+    return detail::Task{w.fn, std::move(*w.payload), w.priority, w.timeout};
+  }
+  std::optional<int> next_priority() override {
+    std::lock_guard<std::mutex> lock(ex_.mutex_);
+    if (!skip_withdrawn()) return std::nullopt;
+    return ex_.waiting_.top().priority;
+  }
+  bool finished() override {
+    std::lock_guard<std::mutex> lock(ex_.mutex_);
+    return ex_.waiting_.empty() && (ex_.closed_ || ex_.draining_inline_);
+  }
+  int wake_fd() const override { return ex_.wake_.read_fd(); }
+  std::uint64_t signature() const override { return ex_.signature(); }
+  void workers_started() override {
+    {
+      std::lock_guard<std::mutex> lock(ex_.mutex_);
+      ex_.workers_forked_ = true;
+    }
+    ex_.forked_cv_.notify_all();
+  }
+  void deliver(std::uint64_t seq, Result&& r) override {
+    std::shared_ptr<detail::FutureState> state;
+    {
+      std::lock_guard<std::mutex> lock(ex_.mutex_);
+      auto it = ex_.pulled_.find(base_ + seq);
+      state = std::move(it->second.state);
+      r.function_name = ex_.functions_[it->second.fn].name;
+      r.index = static_cast<std::size_t>(it->second.order);
+      ex_.pulled_.erase(it);
+    }
+    if (!ex_.queue_options_.stream_results) ex_.space_cv_.notify_all();
+    ex_.complete(*state, std::move(r));
+  }
+  // The backend stops pulling for good (cancelled, or it cannot start a worker): what waits is
+  // cancelled, and an executor nobody closed has failed, so later submissions are refused.
+  void drop_rest(const std::string& why) override {
+    {
+      std::lock_guard<std::mutex> lock(ex_.mutex_);
+      ex_.fail_locked(why);
+      ex_.cancel_queued_locked(why);
+    }
+    ex_.settle_set_aside();
+  }
+  int side_fd() const override { return ex_.control_.read_fd(); }
+  void side_ready() override { ex_.control_.drain(); }
+  void withdrawn(std::vector<std::uint64_t>& out) override {
+    std::lock_guard<std::mutex> lock(ex_.mutex_);
+    for (std::uint64_t pulled_as : ex_.cancel_requests_) out.push_back(pulled_as - base_);
+    ex_.cancel_requests_.clear();
+  }
+  bool wants_report() override {
+    std::lock_guard<std::mutex> lock(ex_.mutex_);
+    return ex_.report_wanted_;
+  }
+  void report(const std::vector<detail::WorkerView>& workers) override {
+    {
+      std::lock_guard<std::mutex> lock(ex_.mutex_);
+      ex_.report_ = workers;
+      ex_.report_wanted_ = false;
+      ++ex_.report_count_;
+    }
+    ex_.report_cv_.notify_all();
+  }
+
+ private:
+  // Drops the cancelled entries at the top of the queue; false if nothing is left.
+  bool skip_withdrawn() {
+    while (!ex_.waiting_.empty() && ex_.waiting_.top().state->withdrawn) {
+      ex_.waiting_.pop();
+      --ex_.withdrawn_waiting_;
+    }
+    return !ex_.waiting_.empty();
+  }
+  Executor& ex_;
+  std::uint64_t base_ = 0;
+};
+
+inline void Executor::run_pool() {
+  QueueFeed feed(*this);
+  try {
+    detail::run_feed(task_runner(), options_, feed, &cancel_state_);
+  } catch (...) {
+    const std::string why = detail::describe_current_exception();
+    std::lock_guard<std::mutex> lock(mutex_);
+    failure_ = why;  // what the backend threw says most (over what its drop_rest() said)
+    closed_ = true;
+    cancel_queued_locked("not run: the pool failed: " + why);
+  }
+  {
+    // However the backend ended, nothing may wait for it now.
+    std::lock_guard<std::mutex> lock(mutex_);
+    fail_locked("the pool ended");
+    cancel_queued_locked("not run: the pool has ended");
+    pool_running_ = false;
+  }
+  settle_set_aside();
+  cancel_state_.close();
+  completed_cv_.notify_all();
+  space_cv_.notify_all();
+  forked_cv_.notify_all();
+  report_cv_.notify_all();
+}
+
+inline void Executor::run_inline_now() {
+  QueueFeed feed(*this);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    draining_inline_ = true;
+  }
+  struct Done {
+    Executor& ex;
+    ~Done() {
+      std::lock_guard<std::mutex> lock(ex.mutex_);
+      ex.draining_inline_ = false;
+    }
+  } done{*this};
+  detail::run_feed(task_runner(), options_, feed, nullptr, &inline_worker_);
+}
+
+inline void Executor::cancel_queued_locked(const std::string& why) {
+  while (!waiting_.empty()) {
+    Waiting w = waiting_.top();
+    waiting_.pop();
+    if (w.state->withdrawn) {  // has its verdict already
+      --withdrawn_waiting_;
+      continue;
+    }
+    Result r = cancelled_result(w.fn, w.order, why);
+    if (queue_options_.stream_results) {
+      completed_.push_back(r);
+      completed_cv_.notify_all();
+    }
+    set_aside_.emplace_back(std::move(w.state), std::move(r));
+  }
+  space_cv_.notify_all();
+}
+
+inline void Executor::settle_set_aside() {
+  std::vector<std::pair<std::shared_ptr<detail::FutureState>, Result>> now;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    now.swap(set_aside_);
+  }
+  for (auto& [state, r] : now) detail::fulfil(*state, std::move(r));
+}
+
+inline bool Executor::ready_locked(const detail::FutureState& s) const {
+  std::lock_guard<std::mutex> hub(detail::FutureHub::instance().mutex);
+  return s.result.has_value();
+}
+
+inline bool Executor::cancel(detail::FutureState& s, std::optional<Result>& settle) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!s.submitted || s.withdrawn || ready_locked(s)) return false;
+  if (s.pulled_as == detail::FutureState::not_pulled) {
+    // Still in the queue: it stays there, skipped when it comes to the top.
+    s.withdrawn = true;
+    ++withdrawn_waiting_;
+    Result r = cancelled_result(s.fn, s.order, "cancelled before it started (Future::cancel())");
+    if (queue_options_.stream_results) {
+      completed_.push_back(r);
+      completed_cv_.notify_all();
+    }
+    settle = std::move(r);
+    space_cv_.notify_all();
+    return true;
+  }
+  // Pulled: with threads or inline it runs and cannot be stopped; a worker process can.
+  if (!detail::serves_requests(options_) || !pool_running_) return false;
+  cancel_requests_.push_back(s.pulled_as);
+  control_.ring();
+  return true;
+}
+
+inline std::optional<std::vector<detail::WorkerView>> Executor::ask_pool(std::unique_lock<std::mutex>& lock) {
+  // The pool's own thread (a done callback) would wait for itself.
+  if (!pool_running_ || !control_.is_open() || std::this_thread::get_id() == runner_.get_id()) return std::nullopt;
+  const std::uint64_t asked = report_count_;
+  report_wanted_ = true;
+  control_.ring();
+  report_cv_.wait_for(lock, std::chrono::seconds(5), [&] { return report_count_ != asked || !pool_running_; });
+  if (report_count_ == asked) return std::nullopt;
+  return report_;
+}
+
+inline bool Executor::running(const detail::FutureState& s) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  if (!s.submitted || s.pulled_as == detail::FutureState::not_pulled || ready_locked(s)) return false;
+  // A thread pulls a task when it begins it; a backend that does not report (Backend::mpi) says
+  // no more than that it was handed out.
+  if (!detail::serves_requests(options_)) return true;
+  const std::uint64_t pulled_as = s.pulled_as;
+  std::optional<std::vector<detail::WorkerView>> views = ask_pool(lock);
+  if (!views) return false;
+  for (const detail::WorkerView& v : *views)
+    if (v.running && *v.running + feed_base_ == pulled_as) return !ready_locked(s);
+  return false;
+}
+
+inline ExecutorStatus Executor::status() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  ExecutorStatus st;
+  auto add = [&](int pid, const Pulled& p, std::chrono::steady_clock::time_point since) {
+    ExecutorWorker w;
+    w.pid = pid;
+    w.task = static_cast<std::size_t>(p.order);
+    w.function = functions_[p.fn].name;
+    w.since = since;
+    st.workers.push_back(std::move(w));
+    ++st.running;
+  };
+  if (detail::serves_requests(options_)) {
+    if (std::optional<std::vector<detail::WorkerView>> views = ask_pool(lock)) {
+      for (const detail::WorkerView& v : *views) {
+        auto it = v.running ? pulled_.find(*v.running + feed_base_) : pulled_.end();
+        if (it != pulled_.end()) {
+          add(v.pid, it->second, v.since);
+        } else {
+          ExecutorWorker idle;
+          idle.pid = v.pid;
+          st.workers.push_back(std::move(idle));
+        }
+      }
+    }
+  } else {
+    const int pid = detail::isolated_workers(options_) ? 0 : static_cast<int>(::getpid());  // 0: unknown
+    for (const auto& entry : pulled_) add(pid, entry.second, entry.second.since);
+  }
+  st.queued = waiting_.size() - withdrawn_waiting_ + pulled_.size() - std::min(st.running, pulled_.size());
+  return st;
+}
+
+inline void Executor::callback_failed(std::exception_ptr e) noexcept {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!callback_error_) {
+      callback_error_ = e;
+      return;
+    }
+  }
+  report_lost(e);  // only the first is rethrown
+}
+
+inline void Executor::report_lost(std::exception_ptr e) noexcept {
+  try {
+    std::rethrow_exception(e);
+  } catch (...) {
+    const std::string msg = "pfp::Executor: a done callback threw, and no shutdown() rethrew it: " +
+                            detail::describe_current_exception() + "\n";
+    [[maybe_unused]] bool ignored = detail::write_all(STDERR_FILENO, msg.data(), msg.size());
+  }
+}
+
+template <class R, class... A, class Range>
+std::vector<R> Executor::map(const Function<R, A...>& fn, const Range& items, std::optional<std::chrono::milliseconds> timeout) {
+  static_assert(!std::is_void_v<R>, "pfp::Executor::map: the function returns nothing; use submit()");
+  const auto deadline = detail::deadline_after(timeout);
+  std::vector<Future<R>> fs;
+  auto cancel_from = [&](std::size_t i) {
+    for (; i < fs.size(); ++i) fs[i].cancel();
+  };
+  try {
+    for (const auto& item : items) fs.push_back(submit_item(fn, item));
+  } catch (...) {
+    cancel_from(0);
+    throw;
+  }
+  std::vector<R> out;
+  out.reserve(fs.size());
+  for (std::size_t i = 0; i < fs.size(); ++i) {
+    if (deadline && !fs[i].wait_for(std::max(*deadline - std::chrono::steady_clock::now(), std::chrono::steady_clock::duration::zero()))) {
+      std::size_t late = 0;
+      for (std::size_t k = i; k < fs.size(); ++k) late += !fs[k].ready();
+      cancel_from(i);
+      throw error("pfp::Executor::map: the timeout of " + std::to_string(timeout->count()) + " ms passed with " +
+                  std::to_string(late) + " of " + std::to_string(fs.size()) + " results not ready; they were cancelled");
+    }
+    if (!fs[i].result().ok()) cancel_from(i + 1);
+    out.push_back(fs[i].get());  // throws task_error for a failed one
+  }
+  return out;
+}
+
+}  // namespace pfp
+
+#endif  // PFP_DETAIL_EXECUTOR_CONTROL_HPP
+// ---- end <pfp/detail/executor_control.hpp> ----
 
 #endif  // PFP_EXECUTOR_HPP
 // ---- end <pfp/executor.hpp> ----
