@@ -2,6 +2,7 @@
 // run that cannot start a worker mid-run gives every item a verdict and never looks like a
 // success, the Manager logs what its handlers wrote and counts what happened honestly.
 #include "pfp_catch.hpp"
+#include "backend_list.hpp"
 #include "test_support.hpp"
 
 #include <pfp/pfp.hpp>
@@ -22,24 +23,6 @@ using namespace pfp_test;
 using Catch::Matchers::Contains;
 
 namespace {
-
-const std::vector<pfp::Backend> kBackends = {pfp::Backend::processes, pfp::Backend::threads, pfp::Backend::inline_};
-
-const char* name_of(pfp::Backend b) { return pfp::to_string(b).data(); }
-
-pfp::MapOptions map_opts(pfp::Backend b, unsigned workers = 2) {
-  pfp::MapOptions o;
-  o.workers = workers;
-  o.backend = b;
-  o.threads = pfp::ThreadPolicy::allow;
-  return o;
-}
-
-std::vector<int> numbers(int n) {
-  std::vector<int> v;
-  for (int i = 0; i < n; ++i) v.push_back(i);
-  return v;
-}
 
 /// While it lives, no new descriptor can be made in this process (RLIMIT_NOFILE lowered to 3:
 /// descriptors already open stay usable), so no worker process can be started: pfp needs pipes

@@ -102,8 +102,8 @@ class ItemContext {
   }
 
   /// Adds a line to this item's log. The Logger receives it in the parent as it is written (an
-  /// ItemLog with `live` set; worker processes and threads send it at once, the inline backend
-  /// when the item ends), and again in the item's final ItemLog::messages: lines of different
+  /// ItemLog with `live` set; worker processes send it at once, the threads and inline backends
+  /// by the item's verdict at the latest), and again in the item's final ItemLog::messages: lines of different
   /// workers never interleave, and lines written before the item threw, crashed or timed out
   /// are kept. A line over 60 KiB is cut, saying how much was cut.
   void log(std::string line) {

@@ -17,6 +17,7 @@
 #include <pfp/detail/run_feed.hpp>
 #include <pfp/detail/list_feed.hpp>
 #include <pfp/detail/posix.hpp>
+#include <pfp/detail/result_handoff.hpp>
 #include <pfp/detail/wake_pipe.hpp>
 #include <pfp/error.hpp>
 #include <pfp/executor.hpp>
@@ -33,8 +34,10 @@
 #include <exception>
 #include <iterator>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <type_traits>
 #include <unordered_map>
@@ -229,13 +232,22 @@ auto map(F f, const Range& range, const Ranges&... ranges) {
   return map(MapOptions{}, std::move(f), range, ranges...);
 }
 
-/// Applies f like map_results(), calling on_result(Result&&) in this thread as each item
-/// completes (fastest first); Result::index is the item's position. What on_result throws stops
-/// the run (running tasks are killed) and is rethrown.
+/// Applies f like map_results(), calling on_result(Result&&) -- or on_result(Result&&, a[i], b[i],
+/// ...), with the item's inputs, if it takes them -- in this thread as each item completes
+/// (fastest first); Result::index is the item's position. What on_result throws stops the run
+/// (running tasks are killed) and is rethrown; on_result is not called again.
 template <class F, class OnResult, class... Ranges>
 void map_unordered(const MapOptions& options, F f, OnResult on_result, const Ranges&... ranges) {
-  static_assert(std::is_invocable_v<OnResult&, Result&&>, "pfp::map_unordered: on_result must be callable as on_result(pfp::Result&&)");
-  auto emit = [&](std::size_t, Result&& r) { on_result(std::move(r)); };
+  constexpr bool with_items = std::is_invocable_v<OnResult&, Result&&, decltype(*std::begin(ranges))...>;
+  static_assert(with_items || std::is_invocable_v<OnResult&, Result&&>,
+                "pfp::map_unordered: on_result must be callable as on_result(pfp::Result&&) or "
+                "on_result(pfp::Result&&, <one item of each range>...)");
+  auto emit = [&]([[maybe_unused]] std::size_t i, Result&& r) {
+    if constexpr (with_items)
+      on_result(std::move(r), std::begin(ranges)[static_cast<std::ptrdiff_t>(i)]...);
+    else
+      on_result(std::move(r));
+  };
   detail::run_map(options, f, emit, ranges...);
 }
 
@@ -294,11 +306,15 @@ class SourceCursor {
 
 // imap(): serialized items, each a task of its own (chunk 1) or in chunks (an array of items, and
 // an array of per-item verdicts back); at most max_in_flight items between the source and on_result.
+// Each Result goes to on_item(Result&&, const Item*): the item itself when keep_items (kept from
+// when it is pulled until its Result is handed on), else null.
 template <class Cursor, class OnItem>
 class StreamFeed final : public Feed {
  public:
-  StreamFeed(Cursor& cursor, std::size_t chunk, std::size_t max_in_flight, bool ordered, OnItem& on_item)
-      : cursor_(cursor), chunk_(chunk), max_in_flight_(max_in_flight), ordered_(ordered), on_item_(on_item) {
+  using Item = typename Cursor::Item;
+  StreamFeed(Cursor& cursor, std::size_t chunk, std::size_t max_in_flight, bool ordered, bool keep_items, OnItem& on_item)
+      : cursor_(cursor), chunk_(chunk), max_in_flight_(max_in_flight), ordered_(ordered), keep_items_(keep_items),
+        on_item_(on_item) {
     wake_.open();
   }
   std::optional<Task> pull() override {
@@ -314,6 +330,7 @@ class StreamFeed final : public Feed {
           break;
         }
         items.push_back(Value(*item));
+        if (keep_items_) kept_.emplace(pulled_ + items.size() - 1, std::move(*item));
       }
     } catch (...) {
       if (items.size() == 0) throw;
@@ -332,16 +349,14 @@ class StreamFeed final : public Feed {
     chunks_.erase(it);
     auto emit = [&](std::size_t i, Result&& item) {
       if (!ordered_) {
-        ++emitted_;
-        on_item_(std::move(item));
+        hand_on(i, std::move(item));
         return;
       }
       waiting_.emplace(i, std::move(item));
       while (!waiting_.empty() && waiting_.begin()->first == emitted_) {
         Result next = std::move(waiting_.begin()->second);
         waiting_.erase(waiting_.begin());
-        ++emitted_;
-        on_item_(std::move(next));
+        hand_on(emitted_, std::move(next));
       }
     };
     if (chunk_ == 1) {
@@ -358,6 +373,22 @@ class StreamFeed final : public Feed {
     if (!done_ && !on_item_.threw()) cut_short_ = why;
     done_ = true;
   }
+  // Item i's Result to on_result, with the item if it was kept.
+  void hand_on(std::size_t i, Result&& r) {
+    ++emitted_;
+    if (!keep_items_) {
+      on_item_(std::move(r), nullptr);
+      return;
+    }
+    auto it = kept_.find(i);
+    std::optional<Item> item;
+    if (it != kept_.end()) {
+      item.emplace(std::move(it->second));
+      kept_.erase(it);
+    }
+    if (item) on_item_(std::move(r), &*item);
+  }
+
   /// Why the run ended before the source did (empty: it did not).
   const std::string& cut_short() const noexcept { return cut_short_; }
   std::size_t emitted() const noexcept { return emitted_; }
@@ -367,7 +398,9 @@ class StreamFeed final : public Feed {
   std::size_t chunk_;
   std::size_t max_in_flight_;
   bool ordered_;
+  bool keep_items_;
   UserCallback<OnItem> on_item_;
+  std::unordered_map<std::size_t, Item> kept_;  // keep_items_: the items pulled, by index
   bool done_ = false;
   std::string cut_short_;
   std::exception_ptr source_error_;
@@ -386,7 +419,9 @@ void run_imap(const MapOptions& o, F& f, Source& source, OnResult& on_result, bo
   using Cursor = SourceCursor<Source>;
   using Item = typename Cursor::Item;
   static_assert(std::is_invocable_v<F&, const Item&>, "pfp::imap: f must be callable with one item of the source");
-  static_assert(std::is_invocable_v<OnResult&, Result&&>, "pfp::imap: on_result must be callable as on_result(pfp::Result&&)");
+  constexpr bool with_item = std::is_invocable_v<OnResult&, Result&&, const Item&>;
+  static_assert(with_item || std::is_invocable_v<OnResult&, Result&&>,
+                "pfp::imap: on_result must be callable as on_result(pfp::Result&&) or on_result(pfp::Result&&, const Item&)");
   const std::size_t chunk = std::max<std::size_t>(1, o.chunksize);
   const std::size_t bound = std::max(chunk, o.max_in_flight ? o.max_in_flight : 64 * detail::map_workers(o));
   FeedRunner runner = [&](const TaskView& task, Result& r) {
@@ -401,8 +436,13 @@ void run_imap(const MapOptions& o, F& f, Source& source, OnResult& on_result, bo
     r.result = std::move(out);
   };
   Cursor cursor(source);
-  auto emit = [&](Result&& r) { on_result(std::move(r)); };
-  StreamFeed<Cursor, decltype(emit)> feed(cursor, chunk, bound, ordered, emit);
+  auto emit = [&](Result&& r, [[maybe_unused]] const Item* item) {
+    if constexpr (with_item)
+      on_result(std::move(r), *item);
+    else
+      on_result(std::move(r));
+  };
+  StreamFeed<Cursor, decltype(emit)> feed(cursor, chunk, bound, ordered, with_item, emit);
   run_feed(runner, o, feed, nullptr);
   if (!feed.cut_short().empty())
     throw error("pfp::imap: the run ended after " + std::to_string(feed.emitted()) +
@@ -426,6 +466,105 @@ void imap(const MapOptions& options, F f, Source&& source, OnResult on_result) {
 template <class F, class Source, class OnResult>
 void imap_unordered(const MapOptions& options, F f, Source&& source, OnResult on_result) {
   detail::run_imap(options, f, source, on_result, false);
+}
+
+/// The Results of imap() or imap_unordered() called without on_result, as a single-pass range:
+///   for (pfp::Result& r : pfp::imap(options, f, source)) ...
+/// The run starts at begin() and goes on only while the loop waits for its next Result (in a
+/// helper thread, which alone forks the workers, and only while the loop's thread waits inside
+/// pfp). Leaving the loop early (break, return, an exception) stops the run when the range is
+/// destroyed: running items are killed and every worker is reaped before the destructor returns.
+/// What the run throws (the source's exception, pfp::error when it cannot go on) comes out of
+/// begin() or the increment that reaches it. An rvalue source is kept in the range; an lvalue
+/// one is referred to and must outlive it.
+template <class F, class Source>
+class ResultRange {
+  struct State {
+    MapOptions options;
+    F f;
+    Source source;
+    bool ordered;
+    detail::ResultHandoff handoff;
+    std::thread thread;
+    std::optional<Result> current;
+  };
+
+ public:
+  class iterator {
+   public:
+    using iterator_category = std::input_iterator_tag;
+    using value_type = Result;
+    using difference_type = std::ptrdiff_t;
+    using pointer = Result*;
+    using reference = Result&;
+    iterator() = default;
+    Result& operator*() const { return *state_->current; }
+    Result* operator->() const { return &*state_->current; }
+    iterator& operator++() {
+      state_->current = state_->handoff.next();
+      return *this;
+    }
+    void operator++(int) { ++*this; }
+    friend bool operator==(const iterator& a, const iterator& b) { return a.at_end() == b.at_end(); }
+    friend bool operator!=(const iterator& a, const iterator& b) { return !(a == b); }
+
+   private:
+    friend class ResultRange;
+    explicit iterator(State* s) : state_(s) {}
+    bool at_end() const { return !state_ || !state_->current; }
+    State* state_ = nullptr;
+  };
+
+  ResultRange(const MapOptions& options, F f, Source&& source, bool ordered)
+      : state_(new State{options, std::move(f), std::forward<Source>(source), ordered, {}, {}, {}}) {}
+  ResultRange(ResultRange&&) noexcept = default;
+  ResultRange& operator=(ResultRange&&) = delete;
+  ~ResultRange() { stop(); }
+
+  /// Starts the run and waits for its first Result. Throws pfp::error when called twice.
+  iterator begin() {
+    if (state_->thread.joinable()) throw error("pfp::imap: a range of Results can be walked only once");
+    if (detail::isolated_workers(state_->options)) detail::check_threads(state_->options);  // before the helper exists
+    state_->options.threads = ThreadPolicy::allow;
+    State* st = state_.get();
+    st->thread = std::thread([st] {
+      std::exception_ptr failure;
+      try {
+        if (st->handoff.wait_for_first()) {
+          auto on_result = [st](Result&& r) { st->handoff.put(std::move(r)); };
+          detail::run_imap(st->options, st->f, st->source, on_result, st->ordered);
+        }
+      } catch (const detail::ConsumerLeft&) {
+      } catch (...) {
+        failure = std::current_exception();
+      }
+      st->handoff.finish(failure);
+    });
+    iterator it(st);
+    ++it;
+    return it;
+  }
+  iterator end() noexcept { return iterator(); }
+
+ private:
+  void stop() noexcept {
+    if (!state_ || !state_->thread.joinable()) return;
+    state_->handoff.leave();
+    state_->thread.join();
+  }
+  std::unique_ptr<State> state_;
+};
+
+/// imap() as a range of Results in input order (see ResultRange).
+template <class F, class Source>
+ResultRange<F, Source> imap(const MapOptions& options, F f, Source&& source) {
+  return ResultRange<F, Source>(options, std::move(f), std::forward<Source>(source), true);
+}
+
+/// imap_unordered() as a range of Results in completion order (see ResultRange).
+template <class F, class Source>
+ResultRange<F, Source> imap_unordered(const MapOptions& options, F f, Source&& source) {
+  return ResultRange<F, Source>(options, std::move(f), std::forward<Source>(source), false);
 }
 
 }  // namespace pfp
