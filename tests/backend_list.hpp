@@ -16,6 +16,7 @@ inline const char* name_of(pfp::Backend b) {
     case pfp::Backend::processes: return "processes";
     case pfp::Backend::threads: return "threads";
     case pfp::Backend::inline_: return "inline";
+    case pfp::Backend::mpi: return "mpi";
   }
   return "?";
 }

@@ -7,7 +7,6 @@
 
 #include <pfp/pfp.hpp>
 
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -24,23 +23,22 @@ using Catch::Matchers::Contains;
 
 namespace {
 
-/// While it lives, no new descriptor can be made in this process (RLIMIT_NOFILE lowered to 3:
-/// descriptors already open stay usable), so no worker process can be started: pfp needs pipes
-/// for each. Made inside a callback, it is "no worker can be started mid-run".
+/// While it lives, every free descriptor is taken (dup() until EMFILE), so no worker process can
+/// be started: pfp needs pipes for each, more than a retiring worker gives back. Made inside a
+/// callback, it is "no worker can be started mid-run" (as a full descriptor table is).
 class NoNewDescriptors {
  public:
   NoNewDescriptors() {
-    ::getrlimit(RLIMIT_NOFILE, &saved_);
-    rlimit low = saved_;
-    low.rlim_cur = 3;
-    ::setrlimit(RLIMIT_NOFILE, &low);
+    for (int fd; (fd = ::dup(0)) >= 0;) fds_.push_back(fd);
   }
-  ~NoNewDescriptors() { ::setrlimit(RLIMIT_NOFILE, &saved_); }
+  ~NoNewDescriptors() {
+    for (int fd : fds_) ::close(fd);
+  }
   NoNewDescriptors(const NoNewDescriptors&) = delete;
   NoNewDescriptors& operator=(const NoNewDescriptors&) = delete;
 
  private:
-  rlimit saved_{};
+  std::vector<int> fds_;
 };
 
 /// An on_result that keeps every Result and, after the first, lets no worker start.
@@ -53,10 +51,10 @@ struct StarveAfterFirst {
   }
 };
 
-/// Options where every worker leaves after one item: each later item needs a new worker.
+/// Options where the one worker leaves after each item: each later item needs a new worker.
 pfp::MapOptions one_item_per_worker() {
   pfp::MapOptions o;
-  o.workers = 2;
+  o.workers = 1;
   o.max_tasks_per_worker = 1;
   return o;
 }
@@ -217,7 +215,7 @@ TEST_CASE("stream faults: a Manager that cannot start a worker mid-run gives eve
     DYNAMIC_SECTION((policy == pfp::ErrorPolicy::fail_fast ? "fail_fast" : "continue_on_error")) {
       Numbers h;
       h.count = 12;
-      pfp::ManagerOptions o = quiet(2);
+      pfp::ManagerOptions o = quiet(1);
       o.max_tasks_per_worker = 1;
       o.on_error = policy;
       std::optional<NoNewDescriptors> starve;

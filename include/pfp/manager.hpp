@@ -281,13 +281,16 @@ class Manager {
 
     void amend(std::uint64_t seq, Result&& r) override {
       // An item reported ok corrupted the result stream afterwards: it counts as failed now (the
-      // stats it sent stay merged).
+      // stats it sent stay merged). One already reported failed (its result withheld) stays so.
+      Recent* was = nullptr;
+      for (Recent& d : recent_)
+        if (d.seq == seq) was = &d;
+      if (!was || !was->ok) return;
+      was->ok = false;
       if (ok_ > 0) --ok_;
       ItemLog log;
       log.seq = seq;
-      for (const auto& [s, l] : recent_)
-        if (s == seq) log.label = l;
-      if (log.label.empty()) log.label = std::to_string(seq);
+      log.label = was->label;
       log.pid = r.pid;
       log.status = r.status;
       log.error = std::move(r.error);
@@ -354,8 +357,8 @@ class Manager {
       if (it == labels_.end()) return std::to_string(seq);
       std::string label = std::move(it->second);
       labels_.erase(it);
-      recent_.emplace_back(seq, label);
-      if (recent_.size() > 64) recent_.pop_front();
+      if (recent_.size() >= 64) recent_.pop_front();
+      recent_.push_back(Recent{seq, label, false});
       return label;
     }
 
@@ -366,6 +369,7 @@ class Manager {
       const bool stopping = stopped_ || m_.cancel_->requested();
       if (log.status == Status::ok) {
         ++ok_;
+        if (!recent_.empty() && recent_.back().seq == seq) recent_.back().ok = true;
       } else if (log.status == Status::cancelled && stopping) {
         ++cancelled_;
       } else {
@@ -398,7 +402,12 @@ class Manager {
     detail::UserCallback<const Logger> logger_;
     std::unordered_map<std::uint64_t, Lines> lines_;  // of the items in flight
     std::unordered_map<std::uint64_t, std::string> labels_;  // of the items in flight
-    std::deque<std::pair<std::uint64_t, std::string>> recent_;  // labels of the last items delivered (for amend)
+    struct Recent {
+      std::uint64_t seq;
+      std::string label;
+      bool ok;  // counted as ok
+    };
+    std::deque<Recent> recent_;  // the last items delivered (for amend)
     std::size_t ok_ = 0;
     std::size_t failed_ = 0;
     std::size_t cancelled_ = 0;
