@@ -11,15 +11,7 @@ namespace pfp_test {
 
 inline const std::vector<pfp::Backend> kBackends = {pfp::Backend::processes, pfp::Backend::threads, pfp::Backend::inline_};
 
-inline const char* name_of(pfp::Backend b) {
-  switch (b) {
-    case pfp::Backend::processes: return "processes";
-    case pfp::Backend::threads: return "threads";
-    case pfp::Backend::inline_: return "inline";
-    case pfp::Backend::mpi: return "mpi";
-  }
-  return "?";
-}
+inline const char* name_of(pfp::Backend b) { return pfp::to_string(b).data(); }
 
 /// MapOptions for `workers` workers on backend b.
 inline pfp::MapOptions map_opts(pfp::Backend b, unsigned workers = 2) {
