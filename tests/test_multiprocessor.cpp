@@ -4,6 +4,7 @@
 #include "pfp_catch.hpp"
 
 #include <pthread.h>
+#include <sys/mman.h>
 
 #include <pfp/pfp.hpp>
 
@@ -13,6 +14,7 @@
 #include <cstdint>
 #include <iostream>
 #include <map>
+#include <new>
 #include <set>
 #include <string>
 #include <thread>
@@ -331,13 +333,24 @@ TEST_CASE("a typed context struct", "[multiprocessor]") {
 
 TEST_CASE("results come back in registration order with indices and names", "[multiprocessor]") {
   const int n = 9;
-  MultiProcessor<> mp(Value{}, opts(n));  // all start together, so the last registered finishes first
-  // earlier functions sleep longer, so they finish later
+  // Completion order is made the reverse of registration order by the functions themselves, not
+  // by sleeps a loaded machine may not honour: each waits (in a word shared by all workers) until
+  // the one registered after it has finished. One worker each, so all of them run together.
+  auto* finished = static_cast<std::atomic<int>*>(
+      mmap(nullptr, sizeof(std::atomic<int>) * n, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  REQUIRE(finished != MAP_FAILED);
+  for (int i = 0; i < n; ++i) new (&finished[i]) std::atomic<int>(0);
+  MultiProcessor<> mp(Value{}, opts(n));
   for (int i = 0; i < n; ++i) {
-    mp.register_function("fn_" + std::to_string(i), [](const Value&, const Args& a) {
-      sleep_ms(a.at("sleep").as<int>());
-      return Value{{"i", a.at("i")}, {"done", mono_ns()}};
-    }, Args{{"i", i}, {"sleep", (n - i) * 15}});
+    mp.register_function("fn_" + std::to_string(i), [finished](const Value&, const Args& a) {
+      const int me = a.at("i").as<int>();
+      // bounded: if pfp ever queued two of these in one worker, the test fails instead of hanging
+      const auto deadline = Clock::now() + std::chrono::seconds(30);
+      while (me + 1 < n && finished[me + 1].load() == 0 && Clock::now() < deadline) sleep_ms(1);
+      const long long done = mono_ns();
+      finished[me].store(1);
+      return Value{{"i", me}, {"done", done}};
+    }, Args{{"i", i}});
   }
   const auto& rs = mp.execute_parallel();
   REQUIRE(rs.size() == static_cast<std::size_t>(n));
@@ -349,9 +362,10 @@ TEST_CASE("results come back in registration order with indices and names", "[mu
     CHECK(rs[i].result.at("i").as<int>() == i);
     CHECK(rs[i].pid > 0);
     CHECK(rs[i].pid != getpid());
+    // each finished after the one registered after it: completion order was the reverse
+    if (i + 1 < n) CHECK(rs[i].result.at("done").as<long long>() > rs[i + 1].result.at("done").as<long long>());
   }
-  // the last registered function finished before the first one (completion order differs)
-  CHECK(rs[n - 1].result.at("done").as<long long>() < rs[0].result.at("done").as<long long>());
+  munmap(finished, sizeof(std::atomic<int>) * n);
   REQUIRE(mp.results().size() == static_cast<std::size_t>(n));
   CHECK(mp.results()[4].function_name == "fn_4");
 }
