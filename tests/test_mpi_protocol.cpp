@@ -7,6 +7,7 @@
 #include <pfp/pfp.hpp>
 
 #include <chrono>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <stdexcept>
@@ -149,6 +150,7 @@ struct Alone final : pfp::detail::Transport {
   bool probe(int&, int&, std::size_t&) override { return false; }
   void recv(int, int, char*, std::size_t) override { throw pfp::error("no peer"); }
   void flush() override {}
+  [[noreturn]] void abort(const std::string& why) override { throw pfp::error(why); }
 };
 
 }  // namespace
@@ -240,4 +242,32 @@ TEST_CASE("rank 0 refuses the batch Manager's feed (a side channel) before any h
   pfp::Options o;
   CHECK_THROWS_WITH(pfp::detail::run_feed_ranks(alone, [](const pfp::detail::TaskView&, pfp::Result&) {}, o, side, nullptr),
                     Catch::Matchers::Contains("the batch Manager"));
+}
+
+TEST_CASE("a rank that cannot go on (a protocol error) ends the job through Transport::abort, not a hang") {
+  struct Bogus final : pfp::detail::Transport {
+    bool sent = false;
+    int rank() const override { return 0; }
+    int size() const override { return 1; }
+    void allgather(const void* mine, std::size_t n, std::string& all) override { all.assign(static_cast<const char*>(mine), n); }
+    void send(int, int, const char*, std::size_t, std::shared_ptr<const void>) override {}
+    bool sending() override { return false; }
+    bool probe(int& source, int& tag, std::size_t& bytes) override {
+      if (sent) return false;
+      sent = true;
+      source = 0, tag = 12345, bytes = 3;
+      return true;
+    }
+    void recv(int, int, char* into, std::size_t n) override { std::memset(into, 'x', n); }
+    void flush() override {}
+    [[noreturn]] void abort(const std::string& why) override { throw pfp::error("aborted: " + why); }
+  } bogus;
+  std::vector<pfp::Result> results;
+  results.reserve(4);
+  auto name_of = [](std::size_t) { return std::string("f"); };
+  pfp::detail::ListFeed<decltype(name_of)> feed(results, 4, name_of);
+  pfp::Options o;
+  o.workers = 1;
+  CHECK_THROWS_WITH(pfp::detail::run_feed_ranks(bogus, [](const pfp::detail::TaskView&, pfp::Result&) {}, o, feed, nullptr),
+                    Catch::Matchers::Contains("aborted: rank 0 cannot go on with the run: pfp::error: pfp::mpi: protocol error: rank 0 sent message tag 12345"));
 }

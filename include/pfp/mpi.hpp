@@ -97,6 +97,12 @@ class CommTransport final : public pfp::detail::Transport {
   void recv(int source, int tag, char* into, std::size_t n) override {
     check(MPI_Recv(into, static_cast<int>(n), MPI_BYTE, source, tag, comm_, MPI_STATUS_IGNORE), "MPI_Recv");
   }
+  [[noreturn]] void abort(const std::string& why) override {
+    const std::string line = "pfp::mpi: " + why + "; ending the job (MPI_Abort)\n";
+    [[maybe_unused]] const bool written = pfp::detail::write_all(STDERR_FILENO, line.data(), line.size());
+    MPI_Abort(comm_, 1);
+    std::abort();  // MPI_Abort does not return; should it, nothing else may go on
+  }
   void flush() override {
     for (Pending& p : pending_) check(MPI_Wait(&p.req, MPI_STATUS_IGNORE), "MPI_Wait");
     pending_.clear();

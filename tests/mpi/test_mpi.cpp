@@ -127,6 +127,7 @@ TEST_CASE("a registration mismatch fails on every rank within 5 s", "[core]") {
     return;
   }
   CHECK_THROWS_WITH(mp.execute_parallel(), Catch::Matchers::Contains("registered other functions than rank 0"));
+  std::printf("rank %d: the mismatch was an error after %.3f s\n", session().rank(), seconds_since(t0));
   CHECK(seconds_since(t0) < 5.0);
   // The ranks are still in step: the next run works.
   pfp::MultiProcessor<> again({}, mpi_options());
@@ -211,13 +212,15 @@ TEST_CASE("10,000 mixed functions: one Result each, in order, spread over every 
 TEST_CASE("a 1 GiB result arrives intact from the last rank", "[big]") {
   const int size = session().size();
   const int me = session().rank();
-  constexpr std::size_t big = std::size_t{1} << 30;
+  // 1 GiB unless PFP_MPI_BIG_MIB says otherwise (the TCP run sends less: the path is the same).
+  const char* mib = std::getenv("PFP_MPI_BIG_MIB");
+  const std::size_t big = (mib ? std::strtoull(mib, nullptr, 10) : 1024) << 20;
   pfp::MultiProcessor<> mp({}, mpi_options());
   // Rank k's first window is tasks 4k .. 4k+3 (two workers, two tasks each): task 4(size-1) runs on
   // the last rank; only that rank's copy of it makes the big string.
   const int target = 4 * (size - 1);
   for (int i = 0; i < 4 * size; ++i)
-    mp.register_function("b" + std::to_string(i), [i, me, target, size](const pfp::Value&, const pfp::Args&) -> pfp::Value {
+    mp.register_function("b" + std::to_string(i), [i, me, target, size, big](const pfp::Value&, const pfp::Args&) -> pfp::Value {
       if (i != target || me != size - 1) return i;
       std::string s(big, '\0');
       for (std::size_t j = 0; j < big; j += 4096) s[j] = static_cast<char>((j >> 12) * 131u);
@@ -227,7 +230,7 @@ TEST_CASE("a 1 GiB result arrives intact from the last rank", "[big]") {
   const auto t0 = Clock::now();
   const std::vector<pfp::Result> got = mp.execute_parallel();
   if (me != 0) return;
-  std::printf("1 GiB result from rank %d: run took %.2f s\n", size - 1, seconds_since(t0));
+  std::printf("%zu MiB result from rank %d: run took %.2f s\n", big >> 20, size - 1, seconds_since(t0));
   const pfp::Result& r = got.at(static_cast<std::size_t>(target));
   INFO(r.error);
   REQUIRE(r.status == pfp::Status::ok);

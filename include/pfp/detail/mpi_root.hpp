@@ -25,6 +25,22 @@ class RootRun {
     for (std::size_t r = 0; r < hello.size(); ++r) ranks_[r].workers = static_cast<std::size_t>(std::max<std::uint64_t>(hello[r].workers, 1));
     share_.start();
     Idle idle;
+    try {
+      loop(idle);
+    } catch (...) {  // the other ranks wait in the run: ending the job is better than a hang
+      t_.abort("rank 0 cannot go on with the run: " + describe_current_exception());
+    }
+    share_.join();
+    while (t_.sending()) idle.wait({});
+    if (!rank_error_.empty()) throw error("pfp::mpi: " + rank_error_);
+    if (consumer_error_) std::rethrow_exception(consumer_error_);
+    if (source_error_) std::rethrow_exception(source_error_);
+    if (std::exception_ptr e = share_.error()) std::rethrow_exception(e);
+  }
+
+ private:
+  // Until every rank, this one included, has ended its share.
+  void loop(Idle& idle) {
     for (;;) {
       bool active = check_stop();
       if (!stopping_ && !feed_done_) active |= dispatch();
@@ -45,15 +61,8 @@ class RootRun {
       if (feed_waiting_ && !stopping_) fds.push_back(feed_.wake_fd());
       idle.wait(fds);
     }
-    share_.join();
-    while (t_.sending()) idle.wait({});
-    if (!rank_error_.empty()) throw error("pfp::mpi: " + rank_error_);
-    if (consumer_error_) std::rethrow_exception(consumer_error_);
-    if (source_error_) std::rethrow_exception(source_error_);
-    if (std::exception_ptr e = share_.error()) std::rethrow_exception(e);
   }
 
- private:
   struct Rank {
     std::size_t workers = 1;
     std::size_t outstanding = 0;

@@ -54,6 +54,9 @@ class Transport {
   virtual void recv(int source, int tag, char* into, std::size_t n) = 0;
   /// Waits until every send is done (for bulk transfers, which progress only while MPI is asked).
   virtual void flush() = 0;
+  /// Ends the whole job (MPI_Abort) after saying why on stderr: for a rank that cannot go on
+  /// while the others wait for it (a protocol error, no memory), which must not become a hang.
+  [[noreturn]] virtual void abort(const std::string& why) = 0;
 };
 
 /// Sends `bytes` (owned) to dest.
@@ -146,12 +149,9 @@ inline std::vector<HelloBlock> handshake(Transport& t, const Feed& feed, unsigne
   return blocks;
 }
 
-/// A rank other than 0: runs the tasks rank 0 sends until it says the run ended.
-inline void serve_rank(Transport& t, const FeedRunner& run, const Options& options, Feed& feed) {
-  RankShare share(run, options, t.rank());
-  handshake(t, feed, share.workers());
-  share.start();
-  Idle idle;
+/// A rank other than 0, until rank 0 ends the run: hands what it sends to the share, sends back
+/// the Results.
+inline void serve_loop(Transport& t, RankShare& share, Idle& idle) {
   bool end = false;
   std::string msg;
   std::vector<Result> out;
@@ -181,6 +181,19 @@ inline void serve_rank(Transport& t, const FeedRunner& run, const Options& optio
     if (active) idle.busy();
     t.sending();
     idle.wait({share.results_fd()});
+  }
+}
+
+/// A rank other than 0: runs the tasks rank 0 sends until it says the run ended.
+inline void serve_rank(Transport& t, const FeedRunner& run, const Options& options, Feed& feed) {
+  RankShare share(run, options, t.rank());
+  handshake(t, feed, share.workers());
+  share.start();
+  Idle idle;
+  try {
+    serve_loop(t, share, idle);
+  } catch (...) {  // rank 0 waits for this rank's Results: ending the job is better than a hang
+    t.abort("rank " + std::to_string(t.rank()) + " cannot go on with the run: " + describe_current_exception());
   }
   share.join();
   std::string why;
