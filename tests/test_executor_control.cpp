@@ -381,3 +381,21 @@ TEST_CASE("executor control: status() shows each worker's task, since when, and 
     CHECK(after.queued == 0u);
   });
 }
+
+TEST_CASE("executor control: status() from a callback in the pool's thread does not wait for itself", "[executor][control]") {
+  pfp::Executor ex(executor_options(1));
+  auto nap = declare_nap(ex);
+  auto f = ex.submit(nap, 500);  // the callback is added long before the verdict
+  std::atomic<long long> took_ms{-1};
+  std::atomic<std::size_t> seen{99};
+  f.add_done_callback([&](const pfp::Future<int>&) {
+    const auto t0 = Clock::now();
+    seen = ex.status().workers.size();  // runs in the pool's thread: no report to wait for
+    took_ms = elapsed_ms(t0);
+  });
+  CHECK(f.get() == 500);
+  ex.shutdown();
+  CHECK(took_ms >= 0);
+  CHECK(took_ms < 2000);
+  CHECK(seen == 0u);
+}

@@ -343,6 +343,7 @@ class Executor : private detail::FutureOwner {
       if (detail::serves_requests(options_)) control_.open();
       cancel_state_.open();
       runner_ = std::thread([this] { run_pool(); });
+      pool_thread_ = runner_.get_id();
       pool_running_ = true;
     } catch (...) {
       // Without its pipes or its thread no pool will ever answer: refuse every submission.
@@ -487,6 +488,7 @@ class Executor : private detail::FutureOwner {
   bool closed_ = false;
   bool draining_inline_ = false;
   bool pool_running_ = false;  // the pool's thread runs the backend
+  std::thread::id pool_thread_;  // runner_'s, kept apart from it (join() changes runner_)
   std::vector<std::uint64_t> cancel_requests_;  // pulls_ numbers of running tasks to stop (processes)
   bool report_wanted_ = false;
   std::uint64_t report_count_ = 0;  // reports the pool gave

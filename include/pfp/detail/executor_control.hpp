@@ -207,7 +207,7 @@ inline bool Executor::cancel(detail::FutureState& s, std::optional<Result>& sett
 
 inline std::optional<std::vector<detail::WorkerView>> Executor::ask_pool(std::unique_lock<std::mutex>& lock) {
   // The pool's own thread (a done callback) would wait for itself.
-  if (!pool_running_ || !control_.is_open() || std::this_thread::get_id() == runner_.get_id()) return std::nullopt;
+  if (!pool_running_ || !control_.is_open() || std::this_thread::get_id() == pool_thread_) return std::nullopt;
   const std::uint64_t asked = report_count_;
   report_wanted_ = true;
   control_.ring();
