@@ -8261,6 +8261,7 @@ class Executor : private detail::FutureOwner {
       if (detail::serves_requests(options_)) control_.open();
       cancel_state_.open();
       runner_ = std::thread([this] { run_pool(); });
+      pool_thread_ = runner_.get_id();
       pool_running_ = true;
     } catch (...) {
       // Without its pipes or its thread no pool will ever answer: refuse every submission.
@@ -8405,6 +8406,7 @@ class Executor : private detail::FutureOwner {
   bool closed_ = false;
   bool draining_inline_ = false;
   bool pool_running_ = false;  // the pool's thread runs the backend
+  std::thread::id pool_thread_;  // runner_'s, kept apart from it (join() changes runner_)
   std::vector<std::uint64_t> cancel_requests_;  // pulls_ numbers of running tasks to stop (processes)
   bool report_wanted_ = false;
   std::uint64_t report_count_ = 0;  // reports the pool gave
@@ -8630,7 +8632,7 @@ inline bool Executor::cancel(detail::FutureState& s, std::optional<Result>& sett
 
 inline std::optional<std::vector<detail::WorkerView>> Executor::ask_pool(std::unique_lock<std::mutex>& lock) {
   // The pool's own thread (a done callback) would wait for itself.
-  if (!pool_running_ || !control_.is_open() || std::this_thread::get_id() == runner_.get_id()) return std::nullopt;
+  if (!pool_running_ || !control_.is_open() || std::this_thread::get_id() == pool_thread_) return std::nullopt;
   const std::uint64_t asked = report_count_;
   report_wanted_ = true;
   control_.ring();
@@ -9415,8 +9417,8 @@ class ItemContext {
   }
 
   /// Adds a line to this item's log. The Logger receives it in the parent as it is written (an
-  /// ItemLog with `live` set; worker processes and threads send it at once, the inline backend
-  /// when the item ends), and again in the item's final ItemLog::messages: lines of different
+  /// ItemLog with `live` set; worker processes send it at once, the threads and inline backends
+  /// by the item's verdict at the latest), and again in the item's final ItemLog::messages: lines of different
   /// workers never interleave, and lines written before the item threw, crashed or timed out
   /// are kept. A line over 60 KiB is cut, saying how much was cut.
   void log(std::string line) {
@@ -10460,13 +10462,16 @@ class Manager {
 
     void amend(std::uint64_t seq, Result&& r) override {
       // An item reported ok corrupted the result stream afterwards: it counts as failed now (the
-      // stats it sent stay merged).
+      // stats it sent stay merged). One already reported failed (its result withheld) stays so.
+      Recent* was = nullptr;
+      for (Recent& d : recent_)
+        if (d.seq == seq) was = &d;
+      if (!was || !was->ok) return;
+      was->ok = false;
       if (ok_ > 0) --ok_;
       ItemLog log;
       log.seq = seq;
-      for (const auto& [s, l] : recent_)
-        if (s == seq) log.label = l;
-      if (log.label.empty()) log.label = std::to_string(seq);
+      log.label = was->label;
       log.pid = r.pid;
       log.status = r.status;
       log.error = std::move(r.error);
@@ -10533,8 +10538,8 @@ class Manager {
       if (it == labels_.end()) return std::to_string(seq);
       std::string label = std::move(it->second);
       labels_.erase(it);
-      recent_.emplace_back(seq, label);
-      if (recent_.size() > 64) recent_.pop_front();
+      if (recent_.size() >= 64) recent_.pop_front();
+      recent_.push_back(Recent{seq, label, false});
       return label;
     }
 
@@ -10545,6 +10550,7 @@ class Manager {
       const bool stopping = stopped_ || m_.cancel_->requested();
       if (log.status == Status::ok) {
         ++ok_;
+        if (!recent_.empty() && recent_.back().seq == seq) recent_.back().ok = true;
       } else if (log.status == Status::cancelled && stopping) {
         ++cancelled_;
       } else {
@@ -10577,7 +10583,12 @@ class Manager {
     detail::UserCallback<const Logger> logger_;
     std::unordered_map<std::uint64_t, Lines> lines_;  // of the items in flight
     std::unordered_map<std::uint64_t, std::string> labels_;  // of the items in flight
-    std::deque<std::pair<std::uint64_t, std::string>> recent_;  // labels of the last items delivered (for amend)
+    struct Recent {
+      std::uint64_t seq;
+      std::string label;
+      bool ok;  // counted as ok
+    };
+    std::deque<Recent> recent_;  // the last items delivered (for amend)
     std::size_t ok_ = 0;
     std::size_t failed_ = 0;
     std::size_t cancelled_ = 0;
@@ -10781,6 +10792,95 @@ class Manager {
 // Status::exception on its own; a crash or timeout costs its item only (with imap's chunksize > 1,
 // the items of its chunk).
 
+// ---- begin <pfp/detail/result_handoff.hpp> ----
+#ifndef PFP_DETAIL_RESULT_HANDOFF_HPP
+#define PFP_DETAIL_RESULT_HANDOFF_HPP
+
+// How a run driven by callbacks (imap's on_result) becomes a range a caller pulls from: the run
+// goes on in a helper thread, which hands each Result over and then waits until the caller asks
+// for the next one. The two take turns, never running at once: the run forks its workers only
+// while the caller waits inside pfp, holding no lock of its own, and the caller's code between
+// two Results runs while the run stands still (as it does while a callback runs).
+
+
+#include <condition_variable>
+#include <exception>
+#include <mutex>
+#include <optional>
+#include <utility>
+
+namespace pfp {
+namespace detail {
+
+/// What put() throws once the caller has left: the run stops as it does when on_result throws.
+struct ConsumerLeft {};
+
+class ResultHandoff {
+ public:
+  /// In the run's thread, before it starts: waits until the caller first asks for a Result.
+  /// False if the caller left instead.
+  bool wait_for_first() {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return wanted_ || left_; });
+    return !left_;
+  }
+  /// In the run's thread (its on_result): hands r over and waits until the caller wants the next.
+  /// Throws ConsumerLeft when the caller has gone.
+  void put(Result&& r) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (left_) throw ConsumerLeft{};
+    slot_.emplace(std::move(r));
+    wanted_ = false;
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return wanted_ || left_; });
+    if (left_) throw ConsumerLeft{};
+  }
+  /// In the run's thread, last: the run ended (error: what it threw, if anything but ConsumerLeft).
+  void finish(std::exception_ptr error) noexcept {
+    std::lock_guard<std::mutex> lock(mu_);
+    done_ = true;
+    error_ = std::move(error);
+    cv_.notify_all();
+  }
+
+  /// In the caller's thread: the next Result, or nullopt when the run has ended; rethrows what
+  /// the run threw (once).
+  std::optional<Result> next() {
+    std::unique_lock<std::mutex> lock(mu_);
+    slot_.reset();
+    wanted_ = true;
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return slot_.has_value() || done_; });
+    if (slot_) {
+      std::optional<Result> r = std::move(slot_);
+      slot_.reset();
+      return r;
+    }
+    if (error_) std::rethrow_exception(std::exchange(error_, nullptr));
+    return std::nullopt;
+  }
+  /// In the caller's thread: it takes no more; the run stops at its next hand-over.
+  void leave() noexcept {
+    std::lock_guard<std::mutex> lock(mu_);
+    left_ = true;
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::optional<Result> slot_;  // handed over, not yet taken
+  bool wanted_ = false;         // the caller waits for a Result
+  bool left_ = false;           // the caller takes no more
+  bool done_ = false;           // the run ended
+  std::exception_ptr error_;
+};
+
+}  // namespace detail
+}  // namespace pfp
+
+#endif  // PFP_DETAIL_RESULT_HANDOFF_HPP
+// ---- end <pfp/detail/result_handoff.hpp> ----
 
 #include <algorithm>
 #include <chrono>
@@ -10789,8 +10889,10 @@ class Manager {
 #include <exception>
 #include <iterator>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <type_traits>
 #include <unordered_map>
@@ -10985,13 +11087,22 @@ auto map(F f, const Range& range, const Ranges&... ranges) {
   return map(MapOptions{}, std::move(f), range, ranges...);
 }
 
-/// Applies f like map_results(), calling on_result(Result&&) in this thread as each item
-/// completes (fastest first); Result::index is the item's position. What on_result throws stops
-/// the run (running tasks are killed) and is rethrown.
+/// Applies f like map_results(), calling on_result(Result&&) -- or on_result(Result&&, a[i], b[i],
+/// ...), with the item's inputs, if it takes them -- in this thread as each item completes
+/// (fastest first); Result::index is the item's position. What on_result throws stops the run
+/// (running tasks are killed) and is rethrown; on_result is not called again.
 template <class F, class OnResult, class... Ranges>
 void map_unordered(const MapOptions& options, F f, OnResult on_result, const Ranges&... ranges) {
-  static_assert(std::is_invocable_v<OnResult&, Result&&>, "pfp::map_unordered: on_result must be callable as on_result(pfp::Result&&)");
-  auto emit = [&](std::size_t, Result&& r) { on_result(std::move(r)); };
+  constexpr bool with_items = std::is_invocable_v<OnResult&, Result&&, decltype(*std::begin(ranges))...>;
+  static_assert(with_items || std::is_invocable_v<OnResult&, Result&&>,
+                "pfp::map_unordered: on_result must be callable as on_result(pfp::Result&&) or "
+                "on_result(pfp::Result&&, <one item of each range>...)");
+  auto emit = [&]([[maybe_unused]] std::size_t i, Result&& r) {
+    if constexpr (with_items)
+      on_result(std::move(r), std::begin(ranges)[static_cast<std::ptrdiff_t>(i)]...);
+    else
+      on_result(std::move(r));
+  };
   detail::run_map(options, f, emit, ranges...);
 }
 
@@ -11050,11 +11161,15 @@ class SourceCursor {
 
 // imap(): serialized items, each a task of its own (chunk 1) or in chunks (an array of items, and
 // an array of per-item verdicts back); at most max_in_flight items between the source and on_result.
+// Each Result goes to on_item(Result&&, const Item*): the item itself when keep_items (kept from
+// when it is pulled until its Result is handed on), else null.
 template <class Cursor, class OnItem>
 class StreamFeed final : public Feed {
  public:
-  StreamFeed(Cursor& cursor, std::size_t chunk, std::size_t max_in_flight, bool ordered, OnItem& on_item)
-      : cursor_(cursor), chunk_(chunk), max_in_flight_(max_in_flight), ordered_(ordered), on_item_(on_item) {
+  using Item = typename Cursor::Item;
+  StreamFeed(Cursor& cursor, std::size_t chunk, std::size_t max_in_flight, bool ordered, bool keep_items, OnItem& on_item)
+      : cursor_(cursor), chunk_(chunk), max_in_flight_(max_in_flight), ordered_(ordered), keep_items_(keep_items),
+        on_item_(on_item) {
     wake_.open();
   }
   std::optional<Task> pull() override {
@@ -11070,6 +11185,7 @@ class StreamFeed final : public Feed {
           break;
         }
         items.push_back(Value(*item));
+        if (keep_items_) kept_.emplace(pulled_ + items.size() - 1, std::move(*item));
       }
     } catch (...) {
       if (items.size() == 0) throw;
@@ -11088,16 +11204,14 @@ class StreamFeed final : public Feed {
     chunks_.erase(it);
     auto emit = [&](std::size_t i, Result&& item) {
       if (!ordered_) {
-        ++emitted_;
-        on_item_(std::move(item));
+        hand_on(i, std::move(item));
         return;
       }
       waiting_.emplace(i, std::move(item));
       while (!waiting_.empty() && waiting_.begin()->first == emitted_) {
         Result next = std::move(waiting_.begin()->second);
         waiting_.erase(waiting_.begin());
-        ++emitted_;
-        on_item_(std::move(next));
+        hand_on(emitted_, std::move(next));
       }
     };
     if (chunk_ == 1) {
@@ -11114,6 +11228,22 @@ class StreamFeed final : public Feed {
     if (!done_ && !on_item_.threw()) cut_short_ = why;
     done_ = true;
   }
+  // Item i's Result to on_result, with the item if it was kept.
+  void hand_on(std::size_t i, Result&& r) {
+    ++emitted_;
+    if (!keep_items_) {
+      on_item_(std::move(r), nullptr);
+      return;
+    }
+    auto it = kept_.find(i);
+    std::optional<Item> item;
+    if (it != kept_.end()) {
+      item.emplace(std::move(it->second));
+      kept_.erase(it);
+    }
+    if (item) on_item_(std::move(r), &*item);
+  }
+
   /// Why the run ended before the source did (empty: it did not).
   const std::string& cut_short() const noexcept { return cut_short_; }
   std::size_t emitted() const noexcept { return emitted_; }
@@ -11123,7 +11253,9 @@ class StreamFeed final : public Feed {
   std::size_t chunk_;
   std::size_t max_in_flight_;
   bool ordered_;
+  bool keep_items_;
   UserCallback<OnItem> on_item_;
+  std::unordered_map<std::size_t, Item> kept_;  // keep_items_: the items pulled, by index
   bool done_ = false;
   std::string cut_short_;
   std::exception_ptr source_error_;
@@ -11142,7 +11274,9 @@ void run_imap(const MapOptions& o, F& f, Source& source, OnResult& on_result, bo
   using Cursor = SourceCursor<Source>;
   using Item = typename Cursor::Item;
   static_assert(std::is_invocable_v<F&, const Item&>, "pfp::imap: f must be callable with one item of the source");
-  static_assert(std::is_invocable_v<OnResult&, Result&&>, "pfp::imap: on_result must be callable as on_result(pfp::Result&&)");
+  constexpr bool with_item = std::is_invocable_v<OnResult&, Result&&, const Item&>;
+  static_assert(with_item || std::is_invocable_v<OnResult&, Result&&>,
+                "pfp::imap: on_result must be callable as on_result(pfp::Result&&) or on_result(pfp::Result&&, const Item&)");
   const std::size_t chunk = std::max<std::size_t>(1, o.chunksize);
   const std::size_t bound = std::max(chunk, o.max_in_flight ? o.max_in_flight : 64 * detail::map_workers(o));
   FeedRunner runner = [&](const TaskView& task, Result& r) {
@@ -11157,8 +11291,13 @@ void run_imap(const MapOptions& o, F& f, Source& source, OnResult& on_result, bo
     r.result = std::move(out);
   };
   Cursor cursor(source);
-  auto emit = [&](Result&& r) { on_result(std::move(r)); };
-  StreamFeed<Cursor, decltype(emit)> feed(cursor, chunk, bound, ordered, emit);
+  auto emit = [&](Result&& r, [[maybe_unused]] const Item* item) {
+    if constexpr (with_item)
+      on_result(std::move(r), *item);
+    else
+      on_result(std::move(r));
+  };
+  StreamFeed<Cursor, decltype(emit)> feed(cursor, chunk, bound, ordered, with_item, emit);
   run_feed(runner, o, feed, nullptr);
   if (!feed.cut_short().empty())
     throw error("pfp::imap: the run ended after " + std::to_string(feed.emitted()) +
@@ -11182,6 +11321,105 @@ void imap(const MapOptions& options, F f, Source&& source, OnResult on_result) {
 template <class F, class Source, class OnResult>
 void imap_unordered(const MapOptions& options, F f, Source&& source, OnResult on_result) {
   detail::run_imap(options, f, source, on_result, false);
+}
+
+/// The Results of imap() or imap_unordered() called without on_result, as a single-pass range:
+///   for (pfp::Result& r : pfp::imap(options, f, source)) ...
+/// The run starts at begin() and goes on only while the loop waits for its next Result (in a
+/// helper thread, which alone forks the workers, and only while the loop's thread waits inside
+/// pfp). Leaving the loop early (break, return, an exception) stops the run when the range is
+/// destroyed: running items are killed and every worker is reaped before the destructor returns.
+/// What the run throws (the source's exception, pfp::error when it cannot go on) comes out of
+/// begin() or the increment that reaches it. An rvalue source is kept in the range; an lvalue
+/// one is referred to and must outlive it.
+template <class F, class Source>
+class ResultRange {
+  struct State {
+    MapOptions options;
+    F f;
+    Source source;
+    bool ordered;
+    detail::ResultHandoff handoff;
+    std::thread thread;
+    std::optional<Result> current;
+  };
+
+ public:
+  class iterator {
+   public:
+    using iterator_category = std::input_iterator_tag;
+    using value_type = Result;
+    using difference_type = std::ptrdiff_t;
+    using pointer = Result*;
+    using reference = Result&;
+    iterator() = default;
+    Result& operator*() const { return *state_->current; }
+    Result* operator->() const { return &*state_->current; }
+    iterator& operator++() {
+      state_->current = state_->handoff.next();
+      return *this;
+    }
+    void operator++(int) { ++*this; }
+    friend bool operator==(const iterator& a, const iterator& b) { return a.at_end() == b.at_end(); }
+    friend bool operator!=(const iterator& a, const iterator& b) { return !(a == b); }
+
+   private:
+    friend class ResultRange;
+    explicit iterator(State* s) : state_(s) {}
+    bool at_end() const { return !state_ || !state_->current; }
+    State* state_ = nullptr;
+  };
+
+  ResultRange(const MapOptions& options, F f, Source&& source, bool ordered)
+      : state_(new State{options, std::move(f), std::forward<Source>(source), ordered, {}, {}, {}}) {}
+  ResultRange(ResultRange&&) noexcept = default;
+  ResultRange& operator=(ResultRange&&) = delete;
+  ~ResultRange() { stop(); }
+
+  /// Starts the run and waits for its first Result. Throws pfp::error when called twice.
+  iterator begin() {
+    if (state_->thread.joinable()) throw error("pfp::imap: a range of Results can be walked only once");
+    if (detail::isolated_workers(state_->options)) detail::check_threads(state_->options);  // before the helper exists
+    state_->options.threads = ThreadPolicy::allow;
+    State* st = state_.get();
+    st->thread = std::thread([st] {
+      std::exception_ptr failure;
+      try {
+        if (st->handoff.wait_for_first()) {
+          auto on_result = [st](Result&& r) { st->handoff.put(std::move(r)); };
+          detail::run_imap(st->options, st->f, st->source, on_result, st->ordered);
+        }
+      } catch (const detail::ConsumerLeft&) {
+      } catch (...) {
+        failure = std::current_exception();
+      }
+      st->handoff.finish(failure);
+    });
+    iterator it(st);
+    ++it;
+    return it;
+  }
+  iterator end() noexcept { return iterator(); }
+
+ private:
+  void stop() noexcept {
+    if (!state_ || !state_->thread.joinable()) return;
+    state_->handoff.leave();
+    state_->thread.join();
+  }
+  std::unique_ptr<State> state_;
+};
+
+/// imap() as a range of Results in input order (see ResultRange).
+template <class F, class Source>
+ResultRange<F, Source> imap(const MapOptions& options, F f, Source&& source) {
+  return ResultRange<F, Source>(options, std::move(f), std::forward<Source>(source), true);
+}
+
+/// imap_unordered() as a range of Results in completion order (see ResultRange).
+template <class F, class Source>
+ResultRange<F, Source> imap_unordered(const MapOptions& options, F f, Source&& source) {
+  return ResultRange<F, Source>(options, std::move(f), std::forward<Source>(source), false);
 }
 
 }  // namespace pfp
