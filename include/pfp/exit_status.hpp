@@ -1,7 +1,8 @@
 #ifndef PFP_EXIT_STATUS_HPP
 #define PFP_EXIT_STATUS_HPP
 
-// How a pfp::Manager run ended: pfp::ExitStatus and the failed items it lists.
+// How a pfp::Manager run ended: pfp::ExitStatus and the failed items it lists, and what a
+// failure does to the run (ErrorPolicy).
 
 #include <pfp/result.hpp>
 #include <pfp/stats.hpp>
@@ -15,6 +16,13 @@
 #include <vector>
 
 namespace pfp {
+
+/// What a Manager does when an item fails (throws, crashes its worker or times out).
+enum class ErrorPolicy {
+  fail_fast,          ///< stop at the first failure: no more items are handed out, those running are
+                      ///< killed, and run() returns promptly with that item's error
+  continue_on_error,  ///< handle every item; the failures are counted and listed in the ExitStatus
+};
 
 /// One failed item.
 struct ItemFailure {

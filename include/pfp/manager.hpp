@@ -46,16 +46,11 @@
 
 namespace pfp {
 
-/// What a Manager does when an item fails (throws, crashes its worker or times out).
-enum class ErrorPolicy {
-  fail_fast,          ///< stop at the first failure: no more items are handed out, those running are
-                      ///< killed, and run() returns promptly with that item's error
-  continue_on_error,  ///< handle every item; the failures are counted and listed in the ExitStatus
-};
-
 /// How a Manager runs. The Options part (workers, timeout, backend, limits, retries, ...) is
 /// passed to the engine as it is.
 struct ManagerOptions : Options {
+  /// Options::progress on: a live line on a terminal, plain lines elsewhere (see ProgressOptions).
+  ManagerOptions() { progress.mode = ProgressMode::automatic; }
   ErrorPolicy on_error = ErrorPolicy::fail_fast;
   /// Most items handed out and not yet finished (the bounded queue: the item source is not read
   /// while it is full). 0 = twice the number of workers.
@@ -67,8 +62,6 @@ struct ManagerOptions : Options {
   /// ItemContext::log() lines reach the logger as they are written (ItemLog::live), not only in
   /// the item's final record.
   bool live_log = true;
-  /// The progress report (a live line on a terminal, plain lines elsewhere; see ProgressOptions).
-  ProgressOptions progress;
   /// Ctrl-C (SIGINT) during run() stops the run: no more items, the running ones killed, code 2
   /// "Keyboard interrupt". The previous SIGINT disposition is restored when run() returns. Not
   /// installed when SIGINT is ignored (SIG_IGN) when the run starts, or another Manager's run in
@@ -506,30 +499,36 @@ class Manager {
           detail::FeedRunner runner = [this, &copies](const detail::TaskView& task, Result& r) {
             handle(copies.empty() ? handler_ : copies.at(task.worker), task, r);
           };
-          detail::run_feed(runner, options_, *feed, cancel_.get());
+          Options engine = options_;
+          engine.progress = ProgressOptions::none();  // the Manager draws its own
+          detail::run_feed(runner, engine, *feed, cancel_.get());
         } catch (...) {
           run_error = "pfp::Manager: the run stopped: " + detail::describe_current_exception();
         }
       }
     }
 
-    verdict(st, feed ? &*feed : nullptr, progress ? &*progress : nullptr, target.hit.load(), opened, run_error);
+    if (feed && progress) {
+      try {
+        progress->finish(feed->ok() + feed->failed(), feed->failed(), feed->cancelled(),
+                         target.hit.load() || (opened && cancel_->requested()) || feed->stopped());
+      } catch (...) {
+        if (!run_error) run_error = "pfp::Manager: on_progress threw " + detail::describe_current_exception();
+      }
+    }
+    verdict(st, feed ? &*feed : nullptr, target.hit.load(), opened, run_error);
     st.stats = stats();
     st.seconds = std::chrono::duration<double>(Clock::now() - start).count();
     return st;
   }
 
   // The run's exit status from what its feed counted and how it ended.
-  void verdict(ExitStatus& st, ItemFeed* feed, detail::ProgressLine* progress, bool interrupted, bool opened,
-               const std::optional<std::string>& run_error) {
+  void verdict(ExitStatus& st, ItemFeed* feed, bool interrupted, bool opened, const std::optional<std::string>& run_error) {
     if (feed) {
       st.items_ok = feed->ok();
       st.items_failed = feed->failed();
       st.items_cancelled = feed->cancelled();
       st.failures = std::move(feed->failures());
-      if (progress)
-        progress->finish(feed->ok() + feed->failed(), feed->failed(), feed->cancelled(),
-                         interrupted || (opened && cancel_->requested()) || feed->stopped());
     }
     if (interrupted) {
       st.code = ExitStatus::interrupted;

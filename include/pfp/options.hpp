@@ -3,6 +3,8 @@
 
 #include <pfp/worker.hpp>
 
+#include <pfp/progress_options.hpp>
+
 #include <chrono>
 #include <cstddef>
 #include <string_view>
@@ -64,6 +66,10 @@ struct Options {
   std::chrono::seconds cpu_limit{0};
   /// What to do when the calling process already runs other threads.
   ThreadPolicy threads = ThreadPolicy::warn;
+  /// A progress report as functions finish (ProgressOptions: a live line on a terminal, plain
+  /// lines elsewhere, or your own callback), for every front end; off by default (the Manager
+  /// turns it on).
+  ProgressOptions progress = ProgressOptions::none();
   /// Where the functions run: worker processes (default), threads of this process, or inline.
   Backend backend = Backend::processes;
   /// Runs once in each worker before its first function: a callable f(const pfp::WorkerInfo&)

@@ -6,6 +6,7 @@
 // plain lines now and then anywhere else.
 
 #include <pfp/detail/posix.hpp>
+#include <pfp/progress_options.hpp>
 #include <pfp/result.hpp>
 
 #include <unistd.h>
@@ -80,34 +81,6 @@ inline Logger stderr_logger() { return fd_logger(2); }
 /// A Logger that logs nothing.
 inline Logger silent_logger() { return Logger(); }
 
-/// How the progress of a run is shown.
-enum class ProgressMode {
-  automatic,  ///< terminal if ProgressOptions::fd is a terminal (isatty), plain otherwise
-  terminal,   ///< one line redrawn in place with '\r' (at most every ProgressOptions::refresh)
-  plain,      ///< a full line every ProgressOptions::interval, and one at the end
-  off,        ///< nothing
-};
-
-struct ProgressOptions {
-  ProgressMode mode = ProgressMode::automatic;
-  /// Where the progress goes (stderr by default). Must stay open during the run.
-  int fd = 2;
-  /// Terminal mode: shortest time between two redraws.
-  std::chrono::milliseconds refresh{100};
-  /// Plain mode: time between two lines (0: a line after every item).
-  std::chrono::milliseconds interval{std::chrono::seconds(10)};
-};
-
-/// What a progress line says.
-struct ProgressSnapshot {
-  std::size_t done = 0;                ///< items finished (succeeded or failed)
-  std::size_t failed = 0;              ///< of them, failed
-  std::optional<std::size_t> total;    ///< items in the run, when known
-  std::chrono::nanoseconds elapsed{};  ///< since the run started
-  std::size_t cancelled = 0;           ///< items stopped before they finished (not in `done`)
-  bool stopped = false;                ///< the run was stopped early: there is no ETA
-};
-
 namespace detail {
 
 /// "7s", "2m05s", "1h02m".
@@ -170,7 +143,7 @@ class ProgressLine {
 
   ProgressLine(const ProgressOptions& o, std::optional<std::size_t> total, Clock::time_point start)
       : opt_(o), total_(total), start_(start), last_(start) {
-    mode_ = opt_.mode;
+    mode_ = opt_.on_progress ? ProgressMode::off : opt_.mode;
     if (mode_ == ProgressMode::automatic) mode_ = ::isatty(opt_.fd) == 1 ? ProgressMode::terminal : ProgressMode::plain;
     if (mode_ == ProgressMode::terminal) draw(start);
   }
@@ -186,6 +159,7 @@ class ProgressLine {
     const auto now = Clock::now();
     if (mode_ == ProgressMode::terminal && now - last_ >= opt_.refresh) draw(now);
     if (mode_ == ProgressMode::plain && now - last_ >= opt_.interval) line(now);
+    if (opt_.on_progress && now - last_ >= opt_.refresh) report(now);
   }
 
   /// Before something else writes to the terminal: erase the live line.
@@ -214,12 +188,28 @@ class ProgressLine {
     } else if (mode_ == ProgressMode::plain) {
       line(now);
     }
+    if (opt_.on_progress) {
+      final_ = true;
+      report(now);
+    }
   }
 
  private:
-  std::string text(Clock::time_point now) const {
-    return format_progress(ProgressSnapshot{done_, failed_, total_, std::chrono::duration_cast<std::chrono::nanoseconds>(now - start_),
-                                            cancelled_, stopped_});
+  ProgressSnapshot snapshot(Clock::time_point now) const {
+    return ProgressSnapshot{done_,     failed_,  total_, std::chrono::duration_cast<std::chrono::nanoseconds>(now - start_),
+                            cancelled_, stopped_, final_};
+  }
+  std::string text(Clock::time_point now) const { return format_progress(snapshot(now)); }
+  // Once on_progress threw, it is not called again (the run stops with what it threw).
+  void report(Clock::time_point now) {
+    if (callback_threw_) return;
+    last_ = now;
+    try {
+      opt_.on_progress(snapshot(now));
+    } catch (...) {
+      callback_threw_ = true;
+      throw;
+    }
   }
   void draw(Clock::time_point now) {
     write("\r\033[K" + text(now));
@@ -241,6 +231,8 @@ class ProgressLine {
   std::size_t failed_ = 0;
   std::size_t cancelled_ = 0;
   bool stopped_ = false;
+  bool final_ = false;
+  bool callback_threw_ = false;
   bool drawn_ = false;
 };
 

@@ -141,6 +141,7 @@ class Feed {
   /// what the workers do now; if so report() gets one WorkerView per live worker, at once.
   virtual bool wants_report() { return false; }
   virtual void report(const std::vector<WorkerView>& /*workers*/) {}
+  // A new member here is forwarded by ProgressFeed (progress_feed.hpp) too.
 };
 
 /// A user's callback that a feed hands results to (on_result, a Manager's logger). What it throws

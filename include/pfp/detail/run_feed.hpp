@@ -9,6 +9,7 @@
 #include <pfp/detail/feed.hpp>
 #include <pfp/detail/local_backends.hpp>
 #include <pfp/detail/pool.hpp>
+#include <pfp/detail/progress_feed.hpp>
 #include <pfp/detail/run_guards.hpp>
 #include <pfp/error.hpp>
 #include <pfp/options.hpp>
@@ -54,15 +55,9 @@ inline bool serves_requests(const Options& o) noexcept { return o.backend == Bac
 /// Whether tasks run one after another in the thread that runs the Feed.
 inline bool runs_in_caller(const Options& o) noexcept { return o.backend == Backend::inline_; }
 
-/// Runs `feed` to its end on the backend options.backend names: worker processes
-/// (run_feed_processes, pool.hpp), threads of this process (run_feed_threads) or the calling
-/// thread (run_feed_inline). Every task pulled gets exactly one delivered Result; what each
-/// backend enforces and what it throws is said at each of them.
-/// Throws pfp::error for invalid Options (validate()). `inline_worker` keeps the inline backend's
-/// worker (Options::initializer's state) across runs; see run_feed_inline.
-inline void run_feed(const FeedRunner& run, const Options& options, Feed& feed, CancelState* cancel,
-                     KeptWorker* inline_worker = nullptr) {
-  validate(options);
+/// run_feed() on the backend itself, without progress.
+inline void run_feed_on(const FeedRunner& run, const Options& options, Feed& feed, CancelState* cancel,
+                        KeptWorker* inline_worker) {
   switch (options.backend) {
     case Backend::processes: run_feed_processes(run, options, feed, cancel); return;
     case Backend::threads: run_feed_threads(run, options, feed, cancel); return;
@@ -74,6 +69,33 @@ inline void run_feed(const FeedRunner& run, const Options& options, Feed& feed, 
       mpi_backend()(run, options, feed, cancel);
       return;
   }
+}
+
+/// Runs `feed` to its end on the backend options.backend names: worker processes
+/// (run_feed_processes, pool.hpp), threads of this process (run_feed_threads) or the calling
+/// thread (run_feed_inline), with the progress Options::progress asks for (ProgressFeed). Every
+/// task pulled gets exactly one delivered Result; what each backend enforces and what it throws
+/// is said at each of them. Throws pfp::error for invalid Options (validate()). `inline_worker`
+/// keeps the inline backend's worker (Options::initializer's state) across runs; see
+/// run_feed_inline.
+inline void run_feed(const FeedRunner& run, const Options& options, Feed& feed, CancelState* cancel,
+                     KeptWorker* inline_worker = nullptr) {
+  validate(options);
+  if (!wants_progress(options.progress)) {
+    run_feed_on(run, options, feed, cancel, inline_worker);
+    return;
+  }
+  ProgressFeed counted(feed, options.progress);
+  try {
+    run_feed_on(run, options, counted, cancel, inline_worker);
+  } catch (...) {
+    try {
+      counted.finish(true);
+    } catch (...) {  // the run's own exception says more
+    }
+    throw;
+  }
+  counted.finish(cancel && cancel->requested());
 }
 
 }  // namespace detail
