@@ -349,3 +349,37 @@ TEST_CASE("stream faults: after Ctrl-C the last progress line counts cancelled i
   CHECK_THAT(last, Contains(" " + std::to_string(st.items_cancelled) + " cancelled"));
   CHECK(child_pids().empty());
 }
+
+namespace {
+/// A handler whose item source never ends.
+struct Endless {
+  auto build_items() {
+    return pfp::generate([n = 0]() mutable -> std::optional<int> { return n++; });
+  }
+  void handle_item(int, pfp::ItemContext&) {}
+};
+}  // namespace
+
+TEST_CASE("stream faults: a Manager over an endless source that cannot start a worker returns, failed",
+          "[stream_faults][no_worker]") {
+  pfp::ManagerOptions o = quiet(1);
+  o.max_tasks_per_worker = 1;
+  o.on_error = pfp::ErrorPolicy::continue_on_error;
+  std::optional<NoNewDescriptors> starve;
+  std::size_t logged = 0;
+  o.logger = [&](const pfp::ItemLog&) {
+    if (++logged == 1) starve.emplace();
+  };
+  pfp::Manager<Endless> m(Endless{}, o);
+  const auto start = std::chrono::steady_clock::now();
+  const pfp::ExitStatus st = m.run();
+  starve.reset();
+  INFO(describe(st));
+  CHECK(st.code == pfp::ExitStatus::failure);
+  CHECK_THAT(st.message, Contains("could not start a worker process"));
+  CHECK_THAT(st.message, Contains("the item source was not read past"));
+  CHECK(st.items_ok >= 1u);
+  CHECK(st.items_cancelled + st.items_failed >= 100000u);
+  CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(120));
+  CHECK(child_pids().empty());
+}

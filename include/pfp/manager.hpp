@@ -33,6 +33,7 @@
 #include <cstdint>
 #include <deque>
 #include <iterator>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -154,6 +155,8 @@ class Manager {
 
   /// The Feed of one run: items from the handler's source out, results in.
   class ItemFeed final : public detail::Feed {
+    static constexpr std::size_t kMaxDrained = 100'000;  // see drop_rest()
+
    public:
     ItemFeed(Manager& m, Stream& items, std::size_t bound, detail::ProgressLine& progress)
         : m_(m), items_(items), bound_(bound), progress_(progress), logger_(m.options_.logger) {
@@ -209,7 +212,15 @@ class Manager {
     void drop_rest(const std::string& why) override {
       if (stop_heard_ || exhausted_ || m_.cancel_->requested() || logger_.threw()) return;
       exhausted_ = true;
-      while (!m_.cancel_->requested()) {
+      // Every item the source still has gets its verdict, but a source without a known end may
+      // never end: past kMaxDrained items it is left unread (the run has failed either way).
+      const std::size_t limit = m_.state_.expected ? std::numeric_limits<std::size_t>::max() : kMaxDrained;
+      for (std::size_t drained = 0; !m_.cancel_->requested(); ++drained) {
+        if (drained == limit) {
+          source_failed(why + "; the item source was not read past " + std::to_string(kMaxDrained) +
+                            " more items (it has no known end)", std::nullopt);
+          return;
+        }
         std::optional<item_type> item;
         try {
           item = items_.next();

@@ -1906,6 +1906,69 @@ State& worker_state() {
 #endif  // PFP_WORKER_HPP
 // ---- end <pfp/worker.hpp> ----
 
+// ---- begin <pfp/progress_options.hpp> ----
+#ifndef PFP_PROGRESS_OPTIONS_HPP
+#define PFP_PROGRESS_OPTIONS_HPP
+
+// How the progress of a run is shown (Options::progress, for every front end): the kinds of
+// report, where they go, and what a report says. The drawing is in <pfp/progress.hpp>.
+
+#include <chrono>
+#include <cstddef>
+#include <functional>
+#include <optional>
+
+namespace pfp {
+
+/// How the progress of a run is shown.
+enum class ProgressMode {
+  automatic,  ///< terminal if ProgressOptions::fd is a terminal (isatty), plain otherwise
+  terminal,   ///< one line redrawn in place with '\r' (at most every ProgressOptions::refresh)
+  plain,      ///< a full line every ProgressOptions::interval, and one at the end
+  off,        ///< nothing
+};
+
+struct ProgressSnapshot;
+
+/// How a run's progress is reported (Options::progress; ManagerOptions turns it on by default).
+struct ProgressOptions {
+  ProgressMode mode = ProgressMode::automatic;
+  /// Where the progress goes (stderr by default). Must stay open during the run.
+  int fd = 2;
+  /// Terminal mode: shortest time between two redraws.
+  std::chrono::milliseconds refresh{100};
+  /// Plain mode: time between two lines (0: a line after every item).
+  std::chrono::milliseconds interval{std::chrono::seconds(10)};
+  /// For drawing your own: when set, called with the counts instead of drawing anything (mode
+  /// and fd are ignored), at most every `refresh` as tasks finish and once when the run ends
+  /// (ProgressSnapshot::last), in the thread that receives the Results. What it throws stops
+  /// the run like a throwing on_result and is rethrown.
+  std::function<void(const ProgressSnapshot&)> on_progress;
+
+  /// No progress at all (what Options has by default).
+  static ProgressOptions none() {
+    ProgressOptions o;
+    o.mode = ProgressMode::off;
+    return o;
+  }
+};
+
+/// What a progress line says.
+struct ProgressSnapshot {
+  std::size_t done = 0;                ///< items finished (succeeded or failed)
+  std::size_t failed = 0;              ///< of them, failed
+  std::optional<std::size_t> total;    ///< items in the run, when known
+  std::chrono::nanoseconds elapsed{};  ///< since the run started
+  std::size_t cancelled = 0;           ///< items stopped before they finished (not in `done`)
+  bool stopped = false;                ///< the run was stopped early: there is no ETA
+  bool last = false;                   ///< the last report of the run
+};
+
+}  // namespace pfp
+
+#endif  // PFP_PROGRESS_OPTIONS_HPP
+// ---- end <pfp/progress_options.hpp> ----
+
 #include <chrono>
 #include <cstddef>
 #include <string_view>
@@ -1967,6 +2030,10 @@ struct Options {
   std::chrono::seconds cpu_limit{0};
   /// What to do when the calling process already runs other threads.
   ThreadPolicy threads = ThreadPolicy::warn;
+  /// A progress report as functions finish (ProgressOptions: a live line on a terminal, plain
+  /// lines elsewhere, or your own callback), for every front end; off by default (the Manager
+  /// turns it on).
+  ProgressOptions progress = ProgressOptions::none();
   /// Where the functions run: worker processes (default), threads of this process, or inline.
   Backend backend = Backend::processes;
   /// Runs once in each worker before its first function: a callable f(const pfp::WorkerInfo&)
@@ -2177,6 +2244,7 @@ class Feed {
   /// what the workers do now; if so report() gets one WorkerView per live worker, at once.
   virtual bool wants_report() { return false; }
   virtual void report(const std::vector<WorkerView>& /*workers*/) {}
+  // A new member here is forwarded by ProgressFeed (progress_feed.hpp) too.
 };
 
 /// A user's callback that a feed hands results to (on_result, a Manager's logger). What it throws
@@ -7437,6 +7505,331 @@ inline void Pool::report_workers() {
 
 #endif  // PFP_DETAIL_POOL_HPP
 // ---- end <pfp/detail/pool.hpp> ----
+// ---- begin <pfp/detail/progress_feed.hpp> ----
+#ifndef PFP_DETAIL_PROGRESS_FEED_HPP
+#define PFP_DETAIL_PROGRESS_FEED_HPP
+
+// Options::progress for every front end at the one seam (run_feed): the front end's Feed wrapped
+// in one that counts each Result as it is delivered and draws the progress (progress.hpp).
+
+// ---- begin <pfp/progress.hpp> ----
+#ifndef PFP_PROGRESS_HPP
+#define PFP_PROGRESS_HPP
+
+// Logging and progress for the Manager: one log record per handled item, sent to a pluggable
+// Logger (stderr by default), and a progress report: a live line redrawn in place on a terminal,
+// plain lines now and then anywhere else.
+
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <functional>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace pfp {
+
+/// What happened to one handled item, as a Logger sees it. Built in the parent after the item's
+/// result came back.
+struct ItemLog {
+  std::uint64_t seq = 0;            ///< the item's number in the run, from 0, in the order it was handed out
+  std::string label;                ///< the handler's log_item(item), or the seq when it has none
+  std::optional<unsigned> worker;   ///< worker slot 0 .. workers-1; empty when the item's worker did not report back
+  int pid = 0;                      ///< the worker process that ran it (0 if it never ran)
+  Status status = Status::ok;
+  std::string error;                ///< the cause when status is not ok
+  std::chrono::nanoseconds duration{};
+  std::vector<std::string> messages;  ///< what the handler wrote with ItemContext::log(), in order
+  /// True for a line the handler wrote while the item runs (ItemContext::log): `messages` holds
+  /// that one line, `status` and `duration` mean nothing yet. False for the item's final record.
+  bool live = false;
+  /// In the final record: how many of `messages` (the first ones) the Logger already received
+  /// live.
+  std::size_t messages_shown = 0;
+};
+
+/// Receives one ItemLog per handled item, in completion order, on the thread that runs the
+/// Manager. Any callable; an empty Logger logs nothing.
+using Logger = std::function<void(const ItemLog&)>;
+
+/// The text stderr_logger() writes for `log`: one line per handler message not shown live yet,
+/// then (in a final record) the verdict line, each starting with "[worker N] <label>: " ("[pid P]"
+/// when the item's worker did not report back: it died), with a trailing newline.
+inline std::string format_item_log(const ItemLog& log) {
+  std::string prefix = log.worker ? "[worker " + std::to_string(*log.worker) + "] " : "[pid " + std::to_string(log.pid) + "] ";
+  prefix += log.label + ": ";
+  std::string out;
+  for (std::size_t i = log.live ? 0 : log.messages_shown; i < log.messages.size(); ++i) out += prefix + log.messages[i] + "\n";
+  if (log.live) return out;
+  char secs[32];
+  std::snprintf(secs, sizeof secs, "%.3f s", std::chrono::duration<double>(log.duration).count());
+  out += prefix;
+  if (log.status == Status::ok) {
+    out += std::string("done in ") + secs + "\n";
+  } else {
+    out += std::string(to_string(log.status)) + ": " + log.error + " (after " + secs + ")\n";
+  }
+  return out;
+}
+
+/// A Logger writing format_item_log() to descriptor `fd` with one write() per item, so lines of
+/// different items never interleave. Write failures are ignored. `fd` must outlive the logger.
+inline Logger fd_logger(int fd) {
+  return [fd](const ItemLog& log) {
+    const std::string text = format_item_log(log);
+    (void)detail::write_all(fd, text.data(), text.size());
+  };
+}
+
+/// The default Logger: fd_logger(2).
+inline Logger stderr_logger() { return fd_logger(2); }
+
+/// A Logger that logs nothing.
+inline Logger silent_logger() { return Logger(); }
+
+namespace detail {
+
+/// "7s", "2m05s", "1h02m".
+inline std::string format_duration(double seconds) {
+  if (!(seconds >= 0)) seconds = 0;
+  const auto s = static_cast<unsigned long long>(seconds + 0.5);
+  char buf[48];
+  if (s < 60) {
+    std::snprintf(buf, sizeof buf, "%llus", s);
+  } else if (s < 3600) {
+    std::snprintf(buf, sizeof buf, "%llum%02llus", s / 60, s % 60);
+  } else {
+    std::snprintf(buf, sizeof buf, "%lluh%02llum", s / 3600, (s % 3600) / 60);
+  }
+  return buf;
+}
+
+}  // namespace detail
+
+/// One progress line without line ending, e.g.
+///   "progress: 37/100 (37%) | 12.3 items/s | ETA 5s | 0 failed | 3s elapsed"
+/// or, when the total is unknown, "progress: 37 items | 12.3 items/s | 0 failed | 3s elapsed".
+/// The ETA is "?" until an item has finished; a stopped run has none, and cancelled items show
+/// as "| 3 cancelled" after the failures.
+inline std::string format_progress(const ProgressSnapshot& s) {
+  const double secs = std::chrono::duration<double>(s.elapsed).count();
+  const double rate = secs > 0 ? static_cast<double>(s.done) / secs : 0.0;
+  std::string out = "progress: " + std::to_string(s.done);
+  if (s.total) {
+    const std::size_t pct = *s.total ? (s.done >= *s.total ? 100 : s.done * 100 / *s.total) : 100;
+    out += "/" + std::to_string(*s.total) + " (" + std::to_string(pct) + "%)";
+  } else {
+    out += " items";
+  }
+  char buf[64];
+  std::snprintf(buf, sizeof buf, " | %.1f items/s", rate);
+  out += buf;
+  if (s.total && !s.stopped) {
+    out += " | ETA ";
+    if (s.done >= *s.total) {
+      out += "0s";
+    } else if (rate > 0) {
+      out += detail::format_duration(static_cast<double>(*s.total - s.done) / rate);
+    } else {
+      out += "?";
+    }
+  }
+  out += " | " + std::to_string(s.failed) + " failed";
+  if (s.cancelled) out += " | " + std::to_string(s.cancelled) + " cancelled";
+  out += " | " + detail::format_duration(secs) + " elapsed";
+  return out;
+}
+
+namespace detail {
+
+/// Draws the progress of one run. Used from one thread.
+class ProgressLine {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  ProgressLine(const ProgressOptions& o, std::optional<std::size_t> total, Clock::time_point start)
+      : opt_(o), total_(total), start_(start), last_(start) {
+    mode_ = opt_.on_progress ? ProgressMode::off : opt_.mode;
+    if (mode_ == ProgressMode::automatic) mode_ = ::isatty(opt_.fd) == 1 ? ProgressMode::terminal : ProgressMode::plain;
+    if (mode_ == ProgressMode::terminal) draw(start);
+  }
+
+  ProgressMode mode() const noexcept { return mode_; }
+  void set_total(std::optional<std::size_t> total) noexcept { total_ = total; }
+
+  /// Counts changed: redraws (terminal) or prints a line (plain) if enough time has passed.
+  void update(std::size_t done, std::size_t failed, std::size_t cancelled = 0) {
+    done_ = done;
+    failed_ = failed;
+    cancelled_ = cancelled;
+    const auto now = Clock::now();
+    if (mode_ == ProgressMode::terminal && now - last_ >= opt_.refresh) draw(now);
+    if (mode_ == ProgressMode::plain && now - last_ >= opt_.interval) line(now);
+    if (opt_.on_progress && now - last_ >= opt_.refresh) report(now);
+  }
+
+  /// Before something else writes to the terminal: erase the live line.
+  void suspend() {
+    if (mode_ != ProgressMode::terminal || !drawn_) return;
+    write("\r\033[K");
+    drawn_ = false;
+  }
+  /// After that: draw it again.
+  void resume() {
+    if (mode_ == ProgressMode::terminal) draw(Clock::now());
+  }
+
+  /// The run ended (`stopped`: before its end): the final state, then a line end (terminal) or a
+  /// last line (plain).
+  void finish(std::size_t done, std::size_t failed, std::size_t cancelled = 0, bool stopped = false) {
+    done_ = done;
+    failed_ = failed;
+    cancelled_ = cancelled;
+    stopped_ = stopped;
+    const auto now = Clock::now();
+    if (mode_ == ProgressMode::terminal) {
+      draw(now);
+      write("\n");
+      drawn_ = false;
+    } else if (mode_ == ProgressMode::plain) {
+      line(now);
+    }
+    if (opt_.on_progress) {
+      final_ = true;
+      report(now);
+    }
+  }
+
+ private:
+  ProgressSnapshot snapshot(Clock::time_point now) const {
+    return ProgressSnapshot{done_,     failed_,  total_, std::chrono::duration_cast<std::chrono::nanoseconds>(now - start_),
+                            cancelled_, stopped_, final_};
+  }
+  std::string text(Clock::time_point now) const { return format_progress(snapshot(now)); }
+  // Once on_progress threw, it is not called again (the run stops with what it threw).
+  void report(Clock::time_point now) {
+    if (callback_threw_) return;
+    last_ = now;
+    try {
+      opt_.on_progress(snapshot(now));
+    } catch (...) {
+      callback_threw_ = true;
+      throw;
+    }
+  }
+  void draw(Clock::time_point now) {
+    write("\r\033[K" + text(now));
+    drawn_ = true;
+    last_ = now;
+  }
+  void line(Clock::time_point now) {
+    write(text(now) + "\n");
+    last_ = now;
+  }
+  void write(const std::string& s) const { (void)write_all(opt_.fd, s.data(), s.size()); }
+
+  ProgressOptions opt_;
+  ProgressMode mode_;
+  std::optional<std::size_t> total_;
+  Clock::time_point start_;
+  Clock::time_point last_;
+  std::size_t done_ = 0;
+  std::size_t failed_ = 0;
+  std::size_t cancelled_ = 0;
+  bool stopped_ = false;
+  bool final_ = false;
+  bool callback_threw_ = false;
+  bool drawn_ = false;
+};
+
+}  // namespace detail
+}  // namespace pfp
+
+#endif  // PFP_PROGRESS_HPP
+// ---- end <pfp/progress.hpp> ----
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace pfp {
+namespace detail {
+
+/// Whether o asks for progress (a mode other than off, or a callback).
+inline bool wants_progress(const ProgressOptions& o) noexcept {
+  return o.mode != ProgressMode::off || static_cast<bool>(o.on_progress);
+}
+
+/// Forwards everything to the feed it wraps (a new Feed member must be forwarded here too) and
+/// counts what is delivered. It gives no runs (pull_run): every task is delivered, and so counted,
+/// on every backend.
+class ProgressFeed final : public Feed {
+ public:
+  ProgressFeed(Feed& inner, const ProgressOptions& o)
+      : inner_(inner), line_(o, inner.size_hint(), std::chrono::steady_clock::now()) {}
+
+  std::optional<Task> pull() override { return inner_.pull(); }
+  bool finished() override { return inner_.finished(); }
+  int wake_fd() const override { return inner_.wake_fd(); }
+  void workers_started() override { inner_.workers_started(); }
+  std::optional<int> next_priority() override { return inner_.next_priority(); }
+  std::uint64_t signature() const override { return inner_.signature(); }
+  std::optional<std::size_t> size_hint() const override { return inner_.size_hint(); }
+  void deliver(std::uint64_t seq, Result&& r) override {
+    const Status status = r.status;
+    inner_.deliver(seq, std::move(r));
+    count(status);
+  }
+  void amend(std::uint64_t seq, Result&& r) override { inner_.amend(seq, std::move(r)); }
+  void drop_rest(const std::string& why) override { inner_.drop_rest(why); }
+  bool stop_requested() override { return inner_.stop_requested(); }
+  int side_fd() const override { return inner_.side_fd(); }
+  void side_ready() override { inner_.side_ready(); }
+  void withdrawn(std::vector<std::uint64_t>& out) override { inner_.withdrawn(out); }
+  bool wants_report() override { return inner_.wants_report(); }
+  void report(const std::vector<WorkerView>& workers) override { inner_.report(workers); }
+
+  /// The run ended (`stopped`: before its end): the last line, or the last call of the callback.
+  void finish(bool stopped) {
+    line_.set_total(inner_.size_hint());
+    line_.finish(done_, failed_, cancelled_, stopped);
+  }
+
+ private:
+  void count(Status status) {
+    if (status == Status::ok) {
+      ++done_;
+    } else if (status == Status::cancelled) {
+      ++cancelled_;
+    } else {
+      ++done_;
+      ++failed_;
+    }
+    line_.update(done_, failed_, cancelled_);
+  }
+
+  Feed& inner_;
+  ProgressLine line_;
+  std::size_t done_ = 0;
+  std::size_t failed_ = 0;
+  std::size_t cancelled_ = 0;
+};
+
+}  // namespace detail
+}  // namespace pfp
+
+#endif  // PFP_DETAIL_PROGRESS_FEED_HPP
+// ---- end <pfp/detail/progress_feed.hpp> ----
 
 #include <string>
 
@@ -7479,15 +7872,9 @@ inline bool serves_requests(const Options& o) noexcept { return o.backend == Bac
 /// Whether tasks run one after another in the thread that runs the Feed.
 inline bool runs_in_caller(const Options& o) noexcept { return o.backend == Backend::inline_; }
 
-/// Runs `feed` to its end on the backend options.backend names: worker processes
-/// (run_feed_processes, pool.hpp), threads of this process (run_feed_threads) or the calling
-/// thread (run_feed_inline). Every task pulled gets exactly one delivered Result; what each
-/// backend enforces and what it throws is said at each of them.
-/// Throws pfp::error for invalid Options (validate()). `inline_worker` keeps the inline backend's
-/// worker (Options::initializer's state) across runs; see run_feed_inline.
-inline void run_feed(const FeedRunner& run, const Options& options, Feed& feed, CancelState* cancel,
-                     KeptWorker* inline_worker = nullptr) {
-  validate(options);
+/// run_feed() on the backend itself, without progress.
+inline void run_feed_on(const FeedRunner& run, const Options& options, Feed& feed, CancelState* cancel,
+                        KeptWorker* inline_worker) {
   switch (options.backend) {
     case Backend::processes: run_feed_processes(run, options, feed, cancel); return;
     case Backend::threads: run_feed_threads(run, options, feed, cancel); return;
@@ -7499,6 +7886,33 @@ inline void run_feed(const FeedRunner& run, const Options& options, Feed& feed, 
       mpi_backend()(run, options, feed, cancel);
       return;
   }
+}
+
+/// Runs `feed` to its end on the backend options.backend names: worker processes
+/// (run_feed_processes, pool.hpp), threads of this process (run_feed_threads) or the calling
+/// thread (run_feed_inline), with the progress Options::progress asks for (ProgressFeed). Every
+/// task pulled gets exactly one delivered Result; what each backend enforces and what it throws
+/// is said at each of them. Throws pfp::error for invalid Options (validate()). `inline_worker`
+/// keeps the inline backend's worker (Options::initializer's state) across runs; see
+/// run_feed_inline.
+inline void run_feed(const FeedRunner& run, const Options& options, Feed& feed, CancelState* cancel,
+                     KeptWorker* inline_worker = nullptr) {
+  validate(options);
+  if (!wants_progress(options.progress)) {
+    run_feed_on(run, options, feed, cancel, inline_worker);
+    return;
+  }
+  ProgressFeed counted(feed, options.progress);
+  try {
+    run_feed_on(run, options, counted, cancel, inline_worker);
+  } catch (...) {
+    try {
+      counted.finish(true);
+    } catch (...) {  // the run's own exception says more
+    }
+    throw;
+  }
+  counted.finish(cancel && cancel->requested());
 }
 
 }  // namespace detail
@@ -8750,7 +9164,8 @@ std::vector<R> Executor::map(const Function<R, A...>& fn, const Range& items, st
 #ifndef PFP_EXIT_STATUS_HPP
 #define PFP_EXIT_STATUS_HPP
 
-// How a pfp::Manager run ended: pfp::ExitStatus and the failed items it lists.
+// How a pfp::Manager run ended: pfp::ExitStatus and the failed items it lists, and what a
+// failure does to the run (ErrorPolicy).
 
 // ---- begin <pfp/stats.hpp> ----
 #ifndef PFP_STATS_HPP
@@ -8927,6 +9342,13 @@ class Stats {
 #include <vector>
 
 namespace pfp {
+
+/// What a Manager does when an item fails (throws, crashes its worker or times out).
+enum class ErrorPolicy {
+  fail_fast,          ///< stop at the first failure: no more items are handed out, those running are
+                      ///< killed, and run() returns promptly with that item's error
+  continue_on_error,  ///< handle every item; the failures are counted and listed in the ExitStatus
+};
 
 /// One failed item.
 struct ItemFailure {
@@ -9953,256 +10375,6 @@ class MultiProcessor {
 
 #endif  // PFP_MULTIPROCESSOR_HPP
 // ---- end <pfp/multiprocessor.hpp> ----
-// ---- begin <pfp/progress.hpp> ----
-#ifndef PFP_PROGRESS_HPP
-#define PFP_PROGRESS_HPP
-
-// Logging and progress for the Manager: one log record per handled item, sent to a pluggable
-// Logger (stderr by default), and a progress report: a live line redrawn in place on a terminal,
-// plain lines now and then anywhere else.
-
-
-#include <unistd.h>
-
-#include <chrono>
-#include <cstddef>
-#include <cstdint>
-#include <cstdio>
-#include <functional>
-#include <optional>
-#include <string>
-#include <utility>
-#include <vector>
-
-namespace pfp {
-
-/// What happened to one handled item, as a Logger sees it. Built in the parent after the item's
-/// result came back.
-struct ItemLog {
-  std::uint64_t seq = 0;            ///< the item's number in the run, from 0, in the order it was handed out
-  std::string label;                ///< the handler's log_item(item), or the seq when it has none
-  std::optional<unsigned> worker;   ///< worker slot 0 .. workers-1; empty when the item's worker did not report back
-  int pid = 0;                      ///< the worker process that ran it (0 if it never ran)
-  Status status = Status::ok;
-  std::string error;                ///< the cause when status is not ok
-  std::chrono::nanoseconds duration{};
-  std::vector<std::string> messages;  ///< what the handler wrote with ItemContext::log(), in order
-  /// True for a line the handler wrote while the item runs (ItemContext::log): `messages` holds
-  /// that one line, `status` and `duration` mean nothing yet. False for the item's final record.
-  bool live = false;
-  /// In the final record: how many of `messages` (the first ones) the Logger already received
-  /// live.
-  std::size_t messages_shown = 0;
-};
-
-/// Receives one ItemLog per handled item, in completion order, on the thread that runs the
-/// Manager. Any callable; an empty Logger logs nothing.
-using Logger = std::function<void(const ItemLog&)>;
-
-/// The text stderr_logger() writes for `log`: one line per handler message not shown live yet,
-/// then (in a final record) the verdict line, each starting with "[worker N] <label>: " ("[pid P]"
-/// when the item's worker did not report back: it died), with a trailing newline.
-inline std::string format_item_log(const ItemLog& log) {
-  std::string prefix = log.worker ? "[worker " + std::to_string(*log.worker) + "] " : "[pid " + std::to_string(log.pid) + "] ";
-  prefix += log.label + ": ";
-  std::string out;
-  for (std::size_t i = log.live ? 0 : log.messages_shown; i < log.messages.size(); ++i) out += prefix + log.messages[i] + "\n";
-  if (log.live) return out;
-  char secs[32];
-  std::snprintf(secs, sizeof secs, "%.3f s", std::chrono::duration<double>(log.duration).count());
-  out += prefix;
-  if (log.status == Status::ok) {
-    out += std::string("done in ") + secs + "\n";
-  } else {
-    out += std::string(to_string(log.status)) + ": " + log.error + " (after " + secs + ")\n";
-  }
-  return out;
-}
-
-/// A Logger writing format_item_log() to descriptor `fd` with one write() per item, so lines of
-/// different items never interleave. Write failures are ignored. `fd` must outlive the logger.
-inline Logger fd_logger(int fd) {
-  return [fd](const ItemLog& log) {
-    const std::string text = format_item_log(log);
-    (void)detail::write_all(fd, text.data(), text.size());
-  };
-}
-
-/// The default Logger: fd_logger(2).
-inline Logger stderr_logger() { return fd_logger(2); }
-
-/// A Logger that logs nothing.
-inline Logger silent_logger() { return Logger(); }
-
-/// How the progress of a run is shown.
-enum class ProgressMode {
-  automatic,  ///< terminal if ProgressOptions::fd is a terminal (isatty), plain otherwise
-  terminal,   ///< one line redrawn in place with '\r' (at most every ProgressOptions::refresh)
-  plain,      ///< a full line every ProgressOptions::interval, and one at the end
-  off,        ///< nothing
-};
-
-struct ProgressOptions {
-  ProgressMode mode = ProgressMode::automatic;
-  /// Where the progress goes (stderr by default). Must stay open during the run.
-  int fd = 2;
-  /// Terminal mode: shortest time between two redraws.
-  std::chrono::milliseconds refresh{100};
-  /// Plain mode: time between two lines (0: a line after every item).
-  std::chrono::milliseconds interval{std::chrono::seconds(10)};
-};
-
-/// What a progress line says.
-struct ProgressSnapshot {
-  std::size_t done = 0;                ///< items finished (succeeded or failed)
-  std::size_t failed = 0;              ///< of them, failed
-  std::optional<std::size_t> total;    ///< items in the run, when known
-  std::chrono::nanoseconds elapsed{};  ///< since the run started
-  std::size_t cancelled = 0;           ///< items stopped before they finished (not in `done`)
-  bool stopped = false;                ///< the run was stopped early: there is no ETA
-};
-
-namespace detail {
-
-/// "7s", "2m05s", "1h02m".
-inline std::string format_duration(double seconds) {
-  if (!(seconds >= 0)) seconds = 0;
-  const auto s = static_cast<unsigned long long>(seconds + 0.5);
-  char buf[48];
-  if (s < 60) {
-    std::snprintf(buf, sizeof buf, "%llus", s);
-  } else if (s < 3600) {
-    std::snprintf(buf, sizeof buf, "%llum%02llus", s / 60, s % 60);
-  } else {
-    std::snprintf(buf, sizeof buf, "%lluh%02llum", s / 3600, (s % 3600) / 60);
-  }
-  return buf;
-}
-
-}  // namespace detail
-
-/// One progress line without line ending, e.g.
-///   "progress: 37/100 (37%) | 12.3 items/s | ETA 5s | 0 failed | 3s elapsed"
-/// or, when the total is unknown, "progress: 37 items | 12.3 items/s | 0 failed | 3s elapsed".
-/// The ETA is "?" until an item has finished; a stopped run has none, and cancelled items show
-/// as "| 3 cancelled" after the failures.
-inline std::string format_progress(const ProgressSnapshot& s) {
-  const double secs = std::chrono::duration<double>(s.elapsed).count();
-  const double rate = secs > 0 ? static_cast<double>(s.done) / secs : 0.0;
-  std::string out = "progress: " + std::to_string(s.done);
-  if (s.total) {
-    const std::size_t pct = *s.total ? (s.done >= *s.total ? 100 : s.done * 100 / *s.total) : 100;
-    out += "/" + std::to_string(*s.total) + " (" + std::to_string(pct) + "%)";
-  } else {
-    out += " items";
-  }
-  char buf[64];
-  std::snprintf(buf, sizeof buf, " | %.1f items/s", rate);
-  out += buf;
-  if (s.total && !s.stopped) {
-    out += " | ETA ";
-    if (s.done >= *s.total) {
-      out += "0s";
-    } else if (rate > 0) {
-      out += detail::format_duration(static_cast<double>(*s.total - s.done) / rate);
-    } else {
-      out += "?";
-    }
-  }
-  out += " | " + std::to_string(s.failed) + " failed";
-  if (s.cancelled) out += " | " + std::to_string(s.cancelled) + " cancelled";
-  out += " | " + detail::format_duration(secs) + " elapsed";
-  return out;
-}
-
-namespace detail {
-
-/// Draws the progress of one run. Used from one thread.
-class ProgressLine {
- public:
-  using Clock = std::chrono::steady_clock;
-
-  ProgressLine(const ProgressOptions& o, std::optional<std::size_t> total, Clock::time_point start)
-      : opt_(o), total_(total), start_(start), last_(start) {
-    mode_ = opt_.mode;
-    if (mode_ == ProgressMode::automatic) mode_ = ::isatty(opt_.fd) == 1 ? ProgressMode::terminal : ProgressMode::plain;
-    if (mode_ == ProgressMode::terminal) draw(start);
-  }
-
-  ProgressMode mode() const noexcept { return mode_; }
-  void set_total(std::optional<std::size_t> total) noexcept { total_ = total; }
-
-  /// Counts changed: redraws (terminal) or prints a line (plain) if enough time has passed.
-  void update(std::size_t done, std::size_t failed, std::size_t cancelled = 0) {
-    done_ = done;
-    failed_ = failed;
-    cancelled_ = cancelled;
-    const auto now = Clock::now();
-    if (mode_ == ProgressMode::terminal && now - last_ >= opt_.refresh) draw(now);
-    if (mode_ == ProgressMode::plain && now - last_ >= opt_.interval) line(now);
-  }
-
-  /// Before something else writes to the terminal: erase the live line.
-  void suspend() {
-    if (mode_ != ProgressMode::terminal || !drawn_) return;
-    write("\r\033[K");
-    drawn_ = false;
-  }
-  /// After that: draw it again.
-  void resume() {
-    if (mode_ == ProgressMode::terminal) draw(Clock::now());
-  }
-
-  /// The run ended (`stopped`: before its end): the final state, then a line end (terminal) or a
-  /// last line (plain).
-  void finish(std::size_t done, std::size_t failed, std::size_t cancelled = 0, bool stopped = false) {
-    done_ = done;
-    failed_ = failed;
-    cancelled_ = cancelled;
-    stopped_ = stopped;
-    const auto now = Clock::now();
-    if (mode_ == ProgressMode::terminal) {
-      draw(now);
-      write("\n");
-      drawn_ = false;
-    } else if (mode_ == ProgressMode::plain) {
-      line(now);
-    }
-  }
-
- private:
-  std::string text(Clock::time_point now) const {
-    return format_progress(ProgressSnapshot{done_, failed_, total_, std::chrono::duration_cast<std::chrono::nanoseconds>(now - start_),
-                                            cancelled_, stopped_});
-  }
-  void draw(Clock::time_point now) {
-    write("\r\033[K" + text(now));
-    drawn_ = true;
-    last_ = now;
-  }
-  void line(Clock::time_point now) {
-    write(text(now) + "\n");
-    last_ = now;
-  }
-  void write(const std::string& s) const { (void)write_all(opt_.fd, s.data(), s.size()); }
-
-  ProgressOptions opt_;
-  ProgressMode mode_;
-  std::optional<std::size_t> total_;
-  Clock::time_point start_;
-  Clock::time_point last_;
-  std::size_t done_ = 0;
-  std::size_t failed_ = 0;
-  std::size_t cancelled_ = 0;
-  bool stopped_ = false;
-  bool drawn_ = false;
-};
-
-}  // namespace detail
-}  // namespace pfp
-
-#endif  // PFP_PROGRESS_HPP
-// ---- end <pfp/progress.hpp> ----
 
 #include <signal.h>
 #include <unistd.h>
@@ -10214,6 +10386,7 @@ class ProgressLine {
 #include <cstdint>
 #include <deque>
 #include <iterator>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -10227,16 +10400,11 @@ class ProgressLine {
 
 namespace pfp {
 
-/// What a Manager does when an item fails (throws, crashes its worker or times out).
-enum class ErrorPolicy {
-  fail_fast,          ///< stop at the first failure: no more items are handed out, those running are
-                      ///< killed, and run() returns promptly with that item's error
-  continue_on_error,  ///< handle every item; the failures are counted and listed in the ExitStatus
-};
-
 /// How a Manager runs. The Options part (workers, timeout, backend, limits, retries, ...) is
 /// passed to the engine as it is.
 struct ManagerOptions : Options {
+  /// Options::progress on: a live line on a terminal, plain lines elsewhere (see ProgressOptions).
+  ManagerOptions() { progress.mode = ProgressMode::automatic; }
   ErrorPolicy on_error = ErrorPolicy::fail_fast;
   /// Most items handed out and not yet finished (the bounded queue: the item source is not read
   /// while it is full). 0 = twice the number of workers.
@@ -10248,8 +10416,6 @@ struct ManagerOptions : Options {
   /// ItemContext::log() lines reach the logger as they are written (ItemLog::live), not only in
   /// the item's final record.
   bool live_log = true;
-  /// The progress report (a live line on a terminal, plain lines elsewhere; see ProgressOptions).
-  ProgressOptions progress;
   /// Ctrl-C (SIGINT) during run() stops the run: no more items, the running ones killed, code 2
   /// "Keyboard interrupt". The previous SIGINT disposition is restored when run() returns. Not
   /// installed when SIGINT is ignored (SIG_IGN) when the run starts, or another Manager's run in
@@ -10342,6 +10508,8 @@ class Manager {
 
   /// The Feed of one run: items from the handler's source out, results in.
   class ItemFeed final : public detail::Feed {
+    static constexpr std::size_t kMaxDrained = 100'000;  // see drop_rest()
+
    public:
     ItemFeed(Manager& m, Stream& items, std::size_t bound, detail::ProgressLine& progress)
         : m_(m), items_(items), bound_(bound), progress_(progress), logger_(m.options_.logger) {
@@ -10397,7 +10565,15 @@ class Manager {
     void drop_rest(const std::string& why) override {
       if (stop_heard_ || exhausted_ || m_.cancel_->requested() || logger_.threw()) return;
       exhausted_ = true;
-      while (!m_.cancel_->requested()) {
+      // Every item the source still has gets its verdict, but a source without a known end may
+      // never end: past kMaxDrained items it is left unread (the run has failed either way).
+      const std::size_t limit = m_.state_.expected ? std::numeric_limits<std::size_t>::max() : kMaxDrained;
+      for (std::size_t drained = 0; !m_.cancel_->requested(); ++drained) {
+        if (drained == limit) {
+          source_failed(why + "; the item source was not read past " + std::to_string(kMaxDrained) +
+                            " more items (it has no known end)", std::nullopt);
+          return;
+        }
         std::optional<item_type> item;
         try {
           item = items_.next();
@@ -10687,30 +10863,36 @@ class Manager {
           detail::FeedRunner runner = [this, &copies](const detail::TaskView& task, Result& r) {
             handle(copies.empty() ? handler_ : copies.at(task.worker), task, r);
           };
-          detail::run_feed(runner, options_, *feed, cancel_.get());
+          Options engine = options_;
+          engine.progress = ProgressOptions::none();  // the Manager draws its own
+          detail::run_feed(runner, engine, *feed, cancel_.get());
         } catch (...) {
           run_error = "pfp::Manager: the run stopped: " + detail::describe_current_exception();
         }
       }
     }
 
-    verdict(st, feed ? &*feed : nullptr, progress ? &*progress : nullptr, target.hit.load(), opened, run_error);
+    if (feed && progress) {
+      try {
+        progress->finish(feed->ok() + feed->failed(), feed->failed(), feed->cancelled(),
+                         target.hit.load() || (opened && cancel_->requested()) || feed->stopped());
+      } catch (...) {
+        if (!run_error) run_error = "pfp::Manager: on_progress threw " + detail::describe_current_exception();
+      }
+    }
+    verdict(st, feed ? &*feed : nullptr, target.hit.load(), opened, run_error);
     st.stats = stats();
     st.seconds = std::chrono::duration<double>(Clock::now() - start).count();
     return st;
   }
 
   // The run's exit status from what its feed counted and how it ended.
-  void verdict(ExitStatus& st, ItemFeed* feed, detail::ProgressLine* progress, bool interrupted, bool opened,
-               const std::optional<std::string>& run_error) {
+  void verdict(ExitStatus& st, ItemFeed* feed, bool interrupted, bool opened, const std::optional<std::string>& run_error) {
     if (feed) {
       st.items_ok = feed->ok();
       st.items_failed = feed->failed();
       st.items_cancelled = feed->cancelled();
       st.failures = std::move(feed->failures());
-      if (progress)
-        progress->finish(feed->ok() + feed->failed(), feed->failed(), feed->cancelled(),
-                         interrupted || (opened && cancel_->requested()) || feed->stopped());
     }
     if (interrupted) {
       st.code = ExitStatus::interrupted;
