@@ -277,6 +277,10 @@ inline std::string describe_current_exception() {
   std::string name = type ? demangle(type->name()) : std::string("unknown exception");
   try {
     throw;
+  } catch (const error& e) {
+    // pfp's internal refinements of pfp::error are no part of the API: name the public type.
+    if (name.rfind("pfp::detail::", 0) == 0) name = "pfp::error";
+    return name + ": " + e.what();
   } catch (const std::exception& e) {
     return name + ": " + e.what();
   } catch (const std::string& s) {
