@@ -32,9 +32,10 @@ function(pfp_consumer_expect_quiet_subproject pfp_dir)
   endforeach()
   get_property(targets DIRECTORY "${pfp_dir}" PROPERTY BUILDSYSTEM_TARGETS)
   get_property(subdirs DIRECTORY "${pfp_dir}" PROPERTY SUBDIRECTORIES)
-  if(NOT targets STREQUAL "pfp" OR subdirs)
+  # pfp_mpi (pfp::mpi) exists too where MPI is found: the opt-in MPI backend's INTERFACE target.
+  if(NOT (targets STREQUAL "pfp" OR targets STREQUAL "pfp;pfp_mpi") OR subdirs)
     message(FATAL_ERROR "pfp as a subproject defines targets '${targets}' and subdirectories '${subdirs}'; "
-                        "expected only the target 'pfp'")
+                        "expected only the targets 'pfp' (and 'pfp_mpi' where MPI is found)")
   endif()
   message(STATUS "pfp subproject is quiet: targets '${targets}', no subdirectories")
 endfunction()
